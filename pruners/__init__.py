@@ -1,0 +1,66 @@
+"""Pure-PyTorch pruning: the five methods, masks as parametrizations, accounting, schedules.
+
+Nothing here imports Ray, so the package is usable on its own::
+
+    import pruners
+    mask = pruners.compute_mask("filter", conv.weight, 0.5)
+    pruners.prepare(model, {"block2.6.weight": 0.5}, "filter")   # attach masks
+    pruners.step(model, fraction=1.0)                             # recompute masks
+    pruners.squash(model)                                         # plain weights, zeros kept
+"""
+from pruners.targets import Target, parse_nm, validate_target
+from pruners.methods import (
+    METHODS,
+    Method,
+    compute_mask,
+    get_method,
+    list_methods,
+    register_method,
+    skip_reason,
+)
+from pruners.ratio_config import load_ratio_config, prunable_parameters, resolve_targets
+from pruners.masking import (
+    PruneReport,
+    WeightMask,
+    is_masked,
+    load_masked_state_dict,
+    masked_parameters,
+    prepare,
+    scale_target,
+    squash,
+    step,
+)
+from pruners.accounting import count_macs, layer_table, sparsity_report
+from pruners.schedules import SCHEDULES, Phase, get_schedule
+
+__all__ = [
+    "METHODS",
+    "Method",
+    "Phase",
+    "PruneReport",
+    "SCHEDULES",
+    "Target",
+    "WeightMask",
+    "compute_mask",
+    "count_macs",
+    "get_method",
+    "get_schedule",
+    "is_masked",
+    "layer_table",
+    "list_methods",
+    "load_masked_state_dict",
+    "load_ratio_config",
+    "masked_parameters",
+    "parse_nm",
+    "prepare",
+    "prunable_parameters",
+    "register_method",
+    "resolve_targets",
+    "scale_target",
+    "skip_reason",
+    "sparsity_report",
+    "squash",
+    "step",
+    "validate_target",
+]
+

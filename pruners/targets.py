@@ -1,0 +1,48 @@
+"""What a prune target may be: a ratio of weights removed, or an M:N spec like ``m4n2``."""
+from __future__ import annotations
+
+import re
+from typing import Union
+
+Target = Union[float, str]
+
+_NM = re.compile(r"^m(\d+)n(\d+)$")
+
+
+def parse_nm(spec: str) -> tuple[int, int]:
+    """``"mXnY"`` -> ``(X, Y)``: keep Y of every X consecutive weights (``m4n2`` is NVIDIA's 2:4)."""
+    if not isinstance(spec, str):
+        raise ValueError(f"M:N target must be a string like 'm4n2', got {spec!r}")
+    m = _NM.match(spec.strip().lower())
+    if m is None:
+        raise ValueError(
+            f"malformed M:N target {spec!r}: expected 'mXnY' with whole numbers, "
+            "keeping Y of every X weights (e.g. 'm4n2' for 2:4)"
+        )
+    x, y = int(m.group(1)), int(m.group(2))
+    if x <= 0 or y <= 0:
+        raise ValueError(f"malformed M:N target {spec!r}: X and Y must be positive (got X={x}, Y={y})")
+    if y >= x:
+        raise ValueError(f"malformed M:N target {spec!r}: Y must be smaller than X (keep Y of every X)")
+    return x, y
+
+
+def validate_target(target: object) -> Target:
+    """A float ratio in [0, 1] or a well-formed ``mXnY``; anything else is a ValueError."""
+    if isinstance(target, bool):
+        raise ValueError(f"prune target must be a ratio in [0, 1] or 'mXnY', got {target!r}")
+    if isinstance(target, str):
+        s = target.strip().lower()
+        if _NM.match(s) or s.startswith("m"):
+            parse_nm(s)
+            return s
+        try:
+            target = float(s)
+        except ValueError:
+            raise ValueError(f"prune target must be a ratio in [0, 1] or 'mXnY', got {target!r}") from None
+    if isinstance(target, (int, float)):
+        ratio = float(target)
+        if not 0.0 <= ratio <= 1.0 or ratio != ratio:
+            raise ValueError(f"prune ratio {target!r} is outside [0, 1]")
+        return ratio
+    raise ValueError(f"prune target must be a ratio in [0, 1] or 'mXnY', got {target!r}")
