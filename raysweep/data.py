@@ -1,0 +1,261 @@
+"""Datasets from local files only: raysweep never downloads.
+
+``build_datasets(name, data_root)`` returns ``(train, val, info)``. The embedded default
+``digits`` is scikit-learn's bundled 8x8 digits (1,797 real images), so a sweep runs with
+no data at all. CIFAR-10/100, MNIST and ImageNet-style folders are read from
+``data_root`` in torchvision's on-disk layouts; the layout is checked *before* any
+torchvision dataset is constructed, so a missing or broken dataset is one
+``DatasetNotFoundError`` that names the path and the layout expected.
+"""
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+import pickle
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, TensorDataset
+
+log = logging.getLogger(__name__)
+
+NO_DOWNLOAD_HINT = "raysweep never downloads; download it yourself or use --dataset digits"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A dataset is absent or malformed under its data root."""
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    name: str
+    num_classes: int
+    input_size: tuple[int, int, int]  # (C, H, W) of one sample after transforms
+    family: str  # model family that fits (cifar, mnist, digits, imagenet)
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+
+
+Builder = Callable[[Path | None, bool], tuple[Dataset, Dataset, DatasetInfo]]
+DATASETS: dict[str, Builder] = {}
+
+
+def register_dataset(name: str) -> Callable[[Builder], Builder]:
+    """Decorator: a builder ``fn(data_root, augment) -> (train, val, info)``."""
+
+    def deco(fn: Builder) -> Builder:
+        DATASETS[name] = fn
+        return fn
+
+    return deco
+
+
+def list_datasets() -> list[str]:
+    return sorted(DATASETS)
+
+
+def build_datasets(
+    name: str, data_root: str | os.PathLike | None = None, *, augment: bool = True
+) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """Train and validation datasets plus their ``DatasetInfo``; nothing is downloaded."""
+    if name not in DATASETS:
+        near = difflib.get_close_matches(name, list(DATASETS), n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise ValueError(f"unknown dataset {name!r}{hint} (known: {', '.join(list_datasets())})")
+    root = Path(data_root).expanduser() if data_root is not None else None
+    train, val, info = DATASETS[name](root, augment)
+    log.info("dataset %s: %d train, %d val, %d classes", name, len(train), len(val), info.num_classes)
+    return train, val, info
+
+
+def _not_found(
+    name: str, root: Path | None, expected: str, problem: str | None = None
+) -> DatasetNotFoundError:
+    if root is None:
+        return DatasetNotFoundError(
+            f"{name} needs a data root (--data_root): expected {expected.format(root='<data_root>')}. "
+            + NO_DOWNLOAD_HINT
+        )
+    what = f"is malformed under {root} ({problem})" if problem else f"not found under {root}"
+    return DatasetNotFoundError(f"{name} {what}: expected {expected.format(root=root)}. {NO_DOWNLOAD_HINT}")
+
+
+def _require_files(name: str, root: Path | None, expected: str, files: list[str]) -> Path:
+    """``root`` if every relative path in ``files`` is a file under it, else the error."""
+    if root is None or not all((root / f).is_file() for f in files):
+        raise _not_found(name, root, expected)
+    return root
+
+
+# ---------------------------------------------------------------- digits (embedded)
+
+
+@register_dataset("digits")
+def _digits(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """sklearn's bundled digits: fixed stratified 80/20 split, normalised by train stats."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_va, y_tr, y_va = train_test_split(x / 16.0, y, test_size=0.2, random_state=0, stratify=y)
+    mean, std = float(x_tr.mean()), float(x_tr.std())
+
+    def tensors(xs: np.ndarray, ys: np.ndarray) -> TensorDataset:
+        xs = torch.from_numpy(((xs - mean) / std).reshape(-1, 1, 8, 8).astype(np.float32))
+        return TensorDataset(xs, torch.from_numpy(ys.astype(np.int64)))
+
+    info = DatasetInfo("digits", 10, (1, 8, 8), "digits", (mean,), (std,))
+    return tensors(x_tr, y_tr), tensors(x_va, y_va), info
+
+
+# ---------------------------------------------------------------- CIFAR
+
+
+class CifarPickle(Dataset):
+    """CIFAR from torchvision's python layout, read directly.
+
+    torchvision's own class insists on the md5 of each batch file; reading the pickles
+    ourselves keeps the same layout while letting subsets and re-packed copies load.
+    """
+
+    def __init__(
+        self, files: list[Path], label_key: str, transform: Callable | None = None
+    ) -> None:
+        data, targets = [], []
+        for f in files:
+            with open(f, "rb") as fh:
+                entry = pickle.load(fh, encoding="latin1")
+            data.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
+            targets.extend(int(t) for t in entry[label_key])
+        self.data = np.concatenate(data).transpose(0, 2, 3, 1)  # HWC for PIL, as torchvision
+        self.targets = targets
+        self.transform = transform
+        if len(self.data) != len(self.targets):
+            raise ValueError(f"{len(self.data)} images but {len(self.targets)} labels")
+
+    def __len__(self) -> int:
+        return len(self.targets)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        from PIL import Image
+
+        img = Image.fromarray(self.data[i])
+        return (self.transform(img) if self.transform else img), self.targets[i]
+
+
+_CIFAR_STATS = {
+    "cifar10": ((0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)),
+    "cifar100": ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
+}
+# name -> (folder, train files, val files, label key, classes)
+_CIFAR_LAYOUT = {
+    "cifar10": (
+        "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10
+    ),
+    "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
+}
+
+
+def _cifar(name: str, root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
+    import torchvision.transforms as T
+
+    folder, train_files, val_files, label_key, classes = _CIFAR_LAYOUT[name]
+    shown = ", ".join(train_files) if len(train_files) == 1 else "data_batch_1..5"
+    expected = f"{{root}}/{folder}/{shown} and {val_files[0]} (torchvision's python layout)"
+    _require_files(name, root, expected, [f"{folder}/{f}" for f in train_files + val_files])
+    mean, std = _CIFAR_STATS[name]
+    norm = [T.ToTensor(), T.Normalize(mean, std)]
+    aug = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
+    try:
+        train = CifarPickle([root / folder / f for f in train_files], label_key, T.Compose(aug + norm))
+        val = CifarPickle([root / folder / f for f in val_files], label_key, T.Compose(norm))
+    except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
+        raise _not_found(name, root, expected, f"{type(e).__name__}: {e}") from e
+    return train, val, DatasetInfo(name, classes, (3, 32, 32), "cifar", mean, std)
+
+
+@register_dataset("cifar10")
+def _cifar10(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
+    return _cifar("cifar10", root, augment)
+
+
+@register_dataset("cifar100")
+def _cifar100(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
+    return _cifar("cifar100", root, augment)
+
+
+# ---------------------------------------------------------------- MNIST
+
+MNIST_FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+
+
+@register_dataset("mnist")
+def _mnist(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """torchvision's raw layout (uncompressed idx files); no augmentation."""
+    import torchvision.transforms as T
+    from torchvision.datasets import MNIST
+
+    expected = "{root}/MNIST/raw/{{" + ", ".join(MNIST_FILES) + "}} (torchvision's raw layout, uncompressed)"
+    _require_files("mnist", root, expected, [f"MNIST/raw/{f}" for f in MNIST_FILES])
+    mean, std = (0.1307,), (0.3081,)
+    tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
+    try:
+        train = MNIST(str(root), train=True, transform=tf, download=False)
+        val = MNIST(str(root), train=False, transform=tf, download=False)
+    except (RuntimeError, ValueError, AssertionError, OSError) as e:
+        raise _not_found("mnist", root, expected, f"{type(e).__name__}: {e}") from e
+    return train, val, DatasetInfo("mnist", 10, (1, 28, 28), "mnist", mean, std)
+
+
+# ---------------------------------------------------------------- ImageNet / image folders
+
+IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+
+
+def _class_dirs(path: Path) -> list[str]:
+    return sorted(e.name for e in os.scandir(path) if e.is_dir()) if path.is_dir() else []
+
+
+def _image_folder(name: str, root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
+    """``train/`` and ``val/`` class folders (torchvision ImageFolder); 224x224 crops."""
+    import torchvision.transforms as T
+    from torchvision.datasets import ImageFolder
+
+    expected = "{root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg (the same class folders in both)"
+    if root is None:
+        raise _not_found(name, root, expected)
+    train_classes, val_classes = _class_dirs(root / "train"), _class_dirs(root / "val")
+    if not train_classes or not val_classes:
+        raise _not_found(name, root, expected)
+    if train_classes != val_classes:  # ImageFolder would silently give them different labels
+        diff = sorted(set(train_classes) ^ set(val_classes))[:5]
+        raise _not_found(name, root, expected, f"train/ and val/ class folders differ, e.g. {diff}")
+    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+    val_tf = T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
+    train_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip()] + norm) if augment else val_tf
+    try:
+        train = ImageFolder(str(root / "train"), transform=train_tf)
+        val = ImageFolder(str(root / "val"), transform=val_tf)
+    except (FileNotFoundError, OSError) as e:  # e.g. a class folder without images
+        raise _not_found(name, root, expected, str(e)) from e
+    info = DatasetInfo(name, len(train_classes), (3, 224, 224), "imagenet", IMAGENET_MEAN, IMAGENET_STD)
+    return train, val, info
+
+
+@register_dataset("imagenet")
+def _imagenet(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
+    return _image_folder("imagenet", root, augment)
+
+
+@register_dataset("imagefolder")
+def _imagefolder(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
+    return _image_folder("imagefolder", root, augment)
