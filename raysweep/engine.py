@@ -1,0 +1,211 @@
+"""Driver side of one run: check the inputs, start Ray, run a ``TorchTrainer``, write the run dir.
+
+A run directory (``<output>/<name>/``) holds ``config.json`` (the resolved config),
+``metrics.csv`` (one row per epoch), ``final.pt`` and ``best.pt`` (the best is taken only
+among epochs at the final sparsity with frozen masks), ``layers.csv`` (per-layer sparsity
+and MACs), ``run.log`` and ``summary.json``, beside Ray Train's own checkpoints.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from raysweep.config import RunConfig
+
+log = logging.getLogger("raysweep.engine")
+
+# Ray Train V2 settings that cut a run's fixed cost on small machines. Each is only a default:
+# a value already in the environment wins. See README "Ray settings".
+RAY_ENV_DEFAULTS = {
+    # The controller polls its workers this often (default 2 s): every report waits for it.
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
+    # The preemption watcher is an extra actor per run that only matters on spot/drained nodes.
+    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+}
+
+
+class RunInputError(ValueError):
+    """Bad input found before any Ray work starts; the CLI prints it and exits 2."""
+
+
+def apply_ray_env_defaults() -> None:
+    for key, value in RAY_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
+    """Start (or join) Ray with the dashboard on loopback; token auth stays as Ray sets it."""
+    import ray
+
+    apply_ray_env_defaults()
+    if ray.is_initialized():
+        return
+    address = address or os.environ.get("RAY_ADDRESS")
+    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    if address:
+        ray.init(address=address, **kwargs)
+    else:
+        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+
+
+def check_inputs(cfg: RunConfig) -> None:
+    """Everything that can be checked without Ray: names, files, targets. Raises RunInputError."""
+    import torch
+
+    import pruners
+    from raysweep.data import build_datasets
+    from raysweep.models import create_model
+
+    problems: list[str] = []
+    try:
+        _, _, info = build_datasets(cfg.dataset, cfg.data_root)
+    except (ValueError, FileNotFoundError) as exc:
+        raise RunInputError(str(exc)) from None
+    try:
+        model = create_model(cfg.model, num_classes=info.num_classes, dataset=cfg.dataset, pretrained=cfg.pretrained)
+    except (ValueError, FileNotFoundError) as exc:
+        raise RunInputError(str(exc)) from None
+    if cfg.weight_file:
+        from raysweep.loop import load_weights
+
+        if not os.path.isfile(cfg.weight_file):
+            problems.append(f"weight file not found: {cfg.weight_file}")
+        else:
+            try:
+                load_weights(model, cfg.weight_file)
+            except Exception as exc:  # corrupt file, wrong model, pickled code
+                problems.append(f"cannot load weight file {cfg.weight_file} into {cfg.model}: {_first_line(exc)}")
+    if cfg.method:
+        try:
+            pruners.get_method(cfg.method)
+            pruners.get_schedule(cfg.schedule, **cfg.schedule_params)
+            if not cfg.targets:
+                problems.append("a prune run needs targets: --config_file or --ratio")
+            else:
+                pruners.resolve_targets(model, cfg.targets)
+        except ValueError as exc:
+            problems.append(str(exc))
+    for name in ("epochs", "batch_size", "workers"):
+        if getattr(cfg, name) < 1:
+            problems.append(f"--{name} must be at least 1, got {getattr(cfg, name)}")
+    if cfg.batch_size < cfg.workers:
+        problems.append(f"--batch_size {cfg.batch_size} is smaller than --workers {cfg.workers}")
+    if cfg.use_gpu and not torch.cuda.is_available() and not os.environ.get("RAY_ADDRESS"):
+        problems.append("--use_gpu given but this machine has no CUDA GPU")
+    if cfg.sync_bn and not cfg.use_gpu:
+        problems.append("--sync_bn needs --use_gpu (SyncBatchNorm runs on CUDA only)")
+    if problems:
+        raise RunInputError("\n".join(problems))
+
+
+def check_cluster(cfg: RunConfig) -> None:
+    """The run's workers must fit the cluster, or Ray would wait for them forever."""
+    import ray
+
+    res = ray.cluster_resources()
+    need_cpu = cfg.workers * cfg.cpus_per_worker
+    if res.get("CPU", 0) < need_cpu:
+        raise RunInputError(
+            f"--workers {cfg.workers} x {cfg.cpus_per_worker} CPU needs {need_cpu:g} CPUs; "
+            f"the Ray cluster has {res.get('CPU', 0):g}"
+        )
+    if cfg.use_gpu and res.get("GPU", 0) < cfg.workers:
+        raise RunInputError(f"--workers {cfg.workers} with --use_gpu needs {cfg.workers} GPUs; the cluster has {res.get('GPU', 0):g}")
+
+
+def build_trainer(cfg: RunConfig, storage_path: str, name: str, callbacks: Optional[list] = None, run_dir: str = ""):
+    """The ``TorchTrainer`` for one run; the sweep builds the same one inside each trial."""
+    import ray.train
+    from ray.train.torch import TorchTrainer
+
+    from raysweep.loop import train_loop_per_worker
+
+    return TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"run": cfg.to_dict(), "run_dir": run_dir},
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.workers,
+            use_gpu=cfg.use_gpu,
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+        ),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=storage_path,
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            checkpoint_config=ray.train.CheckpointConfig(
+                num_to_keep=1, checkpoint_score_attribute="score", checkpoint_score_order="max"
+            ),
+            callbacks=callbacks,
+            # Ray Train's per-report INFO lines drown the epoch log; warnings still show.
+            logging_config=ray.train.LoggingConfig(log_level=os.environ.get("RAYSWEEP_TRAIN_LOG_LEVEL", "WARNING")),
+        ),
+    )
+
+
+@dataclass
+class RunResult:
+    run_dir: Path
+    metrics: dict[str, Any]
+    final_checkpoint: Path
+    best_checkpoint: Optional[Path]
+
+
+def fresh_run_dir(cfg: RunConfig) -> RunConfig:
+    """A new run never silently continues an old one: ``name``, ``name-2``, ``name-3``..."""
+    base, n = cfg.run_name(), 1
+    while (Path(cfg.output).expanduser().resolve() / cfg.run_name()).exists():
+        n += 1
+        cfg.name = f"{base}-{n}"
+    return cfg
+
+
+def execute(cfg: RunConfig, *, resume: bool = False, address: Optional[str] = None) -> RunResult:
+    """Run to completion and write the run directory. Inputs must already be checked."""
+    if not resume:
+        cfg = fresh_run_dir(cfg)
+    run_dir = cfg.run_dir()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    cfg.save(run_dir / "config.json")
+    init_ray(address)
+    check_cluster(cfg)
+    started = time.time()
+    trainer = build_trainer(cfg, str(run_dir.parent), run_dir.name, run_dir=str(run_dir))
+    result = trainer.fit()
+    return collect_run(result, run_dir, wall_s=time.time() - started)
+
+
+def collect_run(result, run_dir: Path, wall_s: float) -> RunResult:
+    """Turn a Ray Train ``Result`` into the run directory's files."""
+    import pandas as pd
+    import torch
+
+    from raysweep.loop import CHECKPOINT_FILE
+
+    final_ckpt = run_dir / "final.pt"
+    with result.checkpoint.as_directory() as d:
+        shutil.copyfile(Path(d) / CHECKPOINT_FILE, final_ckpt)
+    best_ckpt: Optional[Path] = None
+    finals = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("final")]
+    if finals:
+        best, _ = max(finals, key=lambda cm: cm[1]["score"])
+        best_ckpt = run_dir / "best.pt"
+        with best.as_directory() as d:
+            shutil.copyfile(Path(d) / CHECKPOINT_FILE, best_ckpt)
+    payload = torch.load(final_ckpt, map_location="cpu", weights_only=True)
+    pd.DataFrame(payload["history"]).to_csv(run_dir / "metrics.csv", index=False)
+    pd.DataFrame(payload["layers"]).to_csv(run_dir / "layers.csv", index=False)
+    metrics = dict(result.metrics)
+    summary = {**metrics, "wall_s": wall_s, "final_checkpoint": str(final_ckpt), "best_checkpoint": str(best_ckpt) if best_ckpt else None}
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+    return RunResult(run_dir, metrics, final_ckpt, best_ckpt)
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

@@ -1,0 +1,262 @@
+"""The per-worker training loop that Ray Train runs in every DDP rank.
+
+One function serves ``raysweep.train``, ``raysweep.prune`` and every sweep trial: build the
+data and model, load starting weights, attach masks (before the DDP wrap), then per epoch
+apply the schedule, train, evaluate, and report metrics with a checkpoint.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+from torch.utils.data import DataLoader, DistributedSampler, Subset
+
+import pruners
+from raysweep.config import RunConfig
+from raysweep.data import build_datasets
+from raysweep.models import create_model
+
+log = logging.getLogger("raysweep.loop")
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+def load_weights(model: nn.Module, path: str) -> None:
+    """Load starting weights: a plain state dict, a raysweep checkpoint, masked or not.
+
+    Masked checkpoints (from an earlier prune) are squashed to plain weights with their zeros,
+    so the new run's masks start from them.
+    """
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
+        state = state["model"]
+    state = {k.removeprefix("module."): v for k, v in state.items()}
+    if any(".parametrizations." in k for k in state):
+        pruners.load_masked_state_dict(model, state)
+        pruners.squash(model)
+    else:
+        model.load_state_dict(state)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _all_reduce(values: list[float], device: torch.device) -> list[float]:
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    dist.all_reduce(t)
+    return t.tolist()
+
+
+def rank_checksums(model: nn.Module, world: int, device) -> list[float]:
+    """Every rank's sum of |weights|: equal entries show the DDP ranks hold identical weights."""
+    tensors = [t for t in model.state_dict().values() if isinstance(t, torch.Tensor) and t.is_floating_point()]
+    total = torch.tensor([sum(t.detach().double().abs().sum().item() for t in tensors)], dtype=torch.float64, device=device)
+    if world == 1:
+        return total.tolist()
+    gathered = [torch.zeros_like(total) for _ in range(world)]
+    dist.all_gather(gathered, total)
+    return [g.item() for g in gathered]
+
+
+def _spread(values: list[float]) -> float:
+    return max(values) - min(values)
+
+
+def evaluate(model: nn.Module, val_ds, batch_size: int, rank: int, world: int, device) -> dict:
+    """Top-1/top-5/loss over the whole val set, each rank scoring a disjoint stride (exact)."""
+    shard = Subset(val_ds, range(rank, len(val_ds), world))
+    loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
+    model.eval()
+    correct1 = correct5 = loss_sum = count = 0.0
+    with torch.no_grad():
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            out = model(x)
+            loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
+            top = out.topk(min(5, out.shape[1]), dim=1).indices
+            correct1 += (top[:, 0] == y).sum().item()
+            correct5 += (top == y[:, None]).any(dim=1).sum().item()
+            count += len(y)
+    correct1, correct5, loss_sum, count = _all_reduce([correct1, correct5, loss_sum, count], device)
+    return {"accuracy": correct1 / count, "top5": correct5 / count, "val_loss": loss_sum / count}
+
+
+def train_one_epoch(model, loader, optimizer, device, epoch: int, print_freq: int, rank: int) -> float:
+    model.train()
+    loss_sum, n = 0.0, 0
+    for i, (x, y) in enumerate(loader):
+        x, y = x.to(device), y.to(device)
+        optimizer.zero_grad(set_to_none=True)
+        loss = nn.functional.cross_entropy(model(x), y)
+        loss.backward()
+        optimizer.step()
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"training loss became {value} at epoch {epoch}, batch {i}")
+        loss_sum += value * len(y)
+        n += len(y)
+        if rank == 0 and print_freq and i % print_freq == 0:
+            lr = optimizer.param_groups[0]["lr"]
+            log.info("Training Epoch: %d [%d/%d]\tLoss: %.4f\tLR: %.6f", epoch, i, len(loader), value, lr)
+    return loss_sum / max(n, 1)
+
+
+def _attach_run_log(run_dir: Optional[str]) -> None:
+    """Rank 0 appends readable lines to ``<run dir>/run.log`` when that folder is reachable."""
+    if not run_dir or not os.path.isdir(run_dir):
+        return
+    path = os.path.join(run_dir, "run.log")
+    if any(getattr(h, "baseFilename", None) == path for h in log.handlers):
+        return
+    handler = logging.FileHandler(path)
+    handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s: %(message)s", "%m/%d %H:%M:%S"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+
+    cfg = RunConfig.from_dict(config["run"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    if rank == 0:
+        _attach_run_log(config.get("run_dir"))
+    torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
+    torch.manual_seed(cfg.seed)
+    device = ray.train.torch.get_device()
+
+    train_ds, val_ds, info = build_datasets(cfg.dataset, cfg.data_root)
+    model = create_model(cfg.model, num_classes=info.num_classes, dataset=cfg.dataset, pretrained=cfg.pretrained)
+    if cfg.weight_file:
+        load_weights(model, cfg.weight_file)
+    example = torch.zeros((1, *info.input_size))
+
+    schedule = pruners.get_schedule(cfg.schedule, **cfg.schedule_params) if cfg.method else None
+    ratios: dict[str, Any] = {}
+    if cfg.method:
+        # The per-parameter targets travel with every report: the sweep's ratio/<param> columns.
+        ratios = {f"ratio/{k}": v for k, v in pruners.resolve_targets(model, cfg.targets).items()}
+        report = pruners.prepare(model, cfg.targets, cfg.method, fraction=0.0, enforce=True)
+        if rank == 0 and report.skipped:
+            for name, reason in report.skipped.items():
+                log.warning("%s left dense: %s", name, reason)
+
+    # Carried in every checkpoint, so a restarted or resumed run keeps its whole history.
+    state: dict[str, Any] = {"epoch": -1, "best_accuracy": float("nan"), "train_s": 0.0, "history": []}
+    checkpoint = ray.train.get_checkpoint()
+    saved = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            saved = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+        model.load_state_dict(saved["model"])
+        state.update({k: saved[k] for k in state})
+        if rank == 0:
+            log.info("resumed from the checkpoint of epoch %d", state["epoch"])
+
+    if cfg.sync_bn and world > 1:
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    model = ray.train.torch.prepare_model(model)
+    core = unwrap(model)
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
+    lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_decay_milestones), gamma=0.1)
+    if saved is not None:
+        optimizer.load_state_dict(saved["optimizer"])
+        lr_scheduler.load_state_dict(saved["lr_scheduler"])
+
+    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
+    per_worker_batch = max(1, cfg.batch_size // world)
+    loader = DataLoader(train_ds, batch_size=per_worker_batch, sampler=sampler)
+    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs):
+        phase = schedule.phase(epoch) if schedule else None
+        if phase is not None and phase.recompute:
+            pruners.step(core, fraction=phase.fraction, enforce=phase.enforce)
+        sampler.set_epoch(epoch)
+        start = time.perf_counter()
+        train_loss = train_one_epoch(model, loader, optimizer, device, epoch, cfg.print_freq, rank)
+        val = evaluate(model, val_ds, per_worker_batch, rank, world, device)
+        lr_scheduler.step()
+        state["train_s"] += time.perf_counter() - start
+        state["epoch"] = epoch
+
+        final = schedule is None or (epoch >= schedule.final_epoch and phase.enforce)
+        if final and not (val["accuracy"] <= state["best_accuracy"]):
+            state["best_accuracy"] = val["accuracy"]
+        figures = pruners.sparsity_report(core, example.to(device))
+        metrics = {
+            "epoch": epoch,
+            "train_loss": train_loss,
+            **val,
+            "final": bool(final),
+            # Checkpoints are ranked on this: epochs before the final sparsity never win.
+            "score": val["accuracy"] if final else -1.0,
+            "best_accuracy": state["best_accuracy"],
+            "lr": optimizer.param_groups[0]["lr"],
+            "train_s": state["train_s"],
+            "world_size": world,
+            # max - min over ranks of sum|w|: exactly 0 when DDP keeps every rank identical.
+            "rank_weight_spread": _spread(rank_checksums(core, world, device)),
+            "node_id": ray.get_runtime_context().get_node_id() if rank == 0 else "",
+            **{k: figures[k] for k in _REPORTED_FIGURES if k in figures},
+            "method": cfg.method or "dense",
+            "schedule": cfg.schedule if cfg.method else "",
+            **ratios,
+        }
+        state["history"].append(metrics)
+        if rank == 0:
+            log.info(
+                "[Eval] Epoch=%d Acc@1=%.4f Acc@5=%.4f Loss=%.4f sparsity=%.4f%s",
+                epoch, val["accuracy"] * 100, val["top5"] * 100, val["val_loss"], figures["sparsity"],
+                "" if final else " (not final)",
+            )
+        _report(metrics, rank, epoch, core, optimizer, lr_scheduler, cfg, state, example)
+
+
+_REPORTED_FIGURES = (
+    "sparsity", "sparsity_conv", "sparsity_seed", "params_total", "params_remaining",
+    "macs_dense", "macs_remaining", "flops_ratio",
+)
+
+
+def _report(metrics, rank, epoch, core, optimizer, lr_scheduler, cfg, state, example) -> None:
+    import ray.train
+
+    if rank != 0:
+        ray.train.report(metrics, checkpoint=None)
+        return
+    with tempfile.TemporaryDirectory() as d:
+        payload = {
+            "model": core.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "lr_scheduler": lr_scheduler.state_dict(),
+            "config": cfg.to_dict(),
+            "metrics": metrics,
+            "layers": [_plain(row) for row in pruners.layer_table(core, example)],
+            **state,
+        }
+        torch.save(payload, Path(d) / CHECKPOINT_FILE)
+        ray.train.report(
+            metrics,
+            checkpoint=ray.train.Checkpoint.from_directory(d),
+            checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}",
+        )
+
+
+def _plain(row: dict) -> dict:
+    """Rows that ``torch.load(weights_only=True)`` reads back: no torch.Size, no tensors."""
+    return {k: (list(v) if isinstance(v, (tuple, torch.Size)) else v) for k, v in row.items()}

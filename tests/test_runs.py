@@ -1,0 +1,145 @@
+"""Single runs on Ray Train (issue: raysweep.train / raysweep.prune), on the embedded digits data."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+
+import pandas as pd
+import pytest
+import torch
+
+import pruners
+from raysweep import prune, train
+from raysweep.models import create_model
+
+pytestmark = pytest.mark.ray
+
+
+def _summary(run_dir):
+    return json.loads((run_dir / "summary.json").read_text())
+
+
+def _final_model(run_dir):
+    model = create_model("digits_cnn", dataset="digits")
+    state = torch.load(run_dir / "final.pt", map_location="cpu", weights_only=True)
+    pruners.load_masked_state_dict(model, state["model"])
+    return model
+
+
+def test_dense_training_reaches_98_percent(dense_digits):
+    s = _summary(dense_digits)
+    assert s["accuracy"] >= 0.98
+    for name in ("config.json", "metrics.csv", "final.pt", "best.pt", "layers.csv", "run.log"):
+        assert (dense_digits / name).is_file(), name
+    history = pd.read_csv(dense_digits / "metrics.csv")
+    assert list(history["epoch"]) == list(range(15))
+    assert {"accuracy", "top5", "val_loss", "sparsity"} <= set(history.columns)
+    assert "Acc@1" in (dense_digits / "run.log").read_text()
+
+
+def test_irregular_prune_keeps_accuracy_and_exact_zeros(dense_digits, tmp_path):
+    dense_acc = _summary(dense_digits)["accuracy"]
+    rc = prune.main([
+        "--prune_type", "irregular", "--ratio", "0.9", "--weight_file", str(dense_digits / "final.pt"),
+        "--epochs", "12", "--lr", "0.02", "--output", str(tmp_path), "--name", "irr", "--print_freq", "0", "-q",
+    ])
+    assert rc == 0
+    run = tmp_path / "irr"
+    s = _summary(run)
+    assert s["accuracy"] >= dense_acc - 0.01
+    model = _final_model(run)
+    masks = pruners.masked_parameters(model)
+    total = kept = 0
+    for name, wm in masks.items():
+        w = model.get_submodule(name.rsplit(".", 1)[0]).weight  # effective (masked) weight
+        expected_removed = int(0.9 * w.numel() + 0.5)
+        assert int((w == 0).sum()) == expected_removed, name
+        assert int((~wm.mask).sum()) == expected_removed, name
+        total += w.numel()
+        kept += int((w != 0).sum())
+    assert s["sparsity"] == pytest.approx(1 - kept / total, abs=1e-12)
+    assert abs(s["sparsity"] - 0.9) < 1e-3
+
+
+@pytest.mark.parametrize("method,target", [("filter", "0.3"), ("stripe", "0.4"), ("pattern", "0.7"), ("nm", "m4n2")])
+def test_every_method_runs_end_to_end(dense_digits, tmp_path, method, target):
+    rc = prune.main([
+        "--prune_type", method, "--ratio", target, "--weight_file", str(dense_digits / "final.pt"),
+        "--epochs", "1", "--output", str(tmp_path), "--name", method, "--print_freq", "0", "-q",
+    ])
+    assert rc == 0
+    layers = pd.read_csv(tmp_path / method / "layers.csv").set_index("name")
+    if method in ("pattern", "stripe"):
+        # pattern prunes 3x3 convs only; the classifier's Linear layers stay dense and say why
+        pruned = layers[layers["kind"] == "conv"].iloc[1:] if method == "pattern" else layers
+        assert (pruned["sparsity"] > 0).all()
+    if method == "pattern":
+        assert layers.loc["classifier.0.weight", "sparsity"] == 0.0
+        assert "3x3" in str(layers.loc["classifier.0.weight", "skipped"])
+    if method == "nm":
+        # the first conv has 1 input channel: left dense and reported as skipped
+        assert layers.loc["features.0.weight", "sparsity"] == 0.0
+        assert isinstance(layers.loc["features.0.weight", "skipped"], str)
+        assert layers.loc["features.3.weight", "sparsity"] == 0.5
+    if method == "filter":
+        assert layers.loc["features.3.weight", "zeros"] == round(0.3 * 64) * 32 * 9
+
+
+def test_two_worker_ddp_keeps_ranks_identical(dense_digits, tmp_path):
+    rc = prune.main([
+        "--prune_type", "irregular", "--ratio", "0.5", "--weight_file", str(dense_digits / "final.pt"),
+        "--epochs", "2", "--workers", "2", "--output", str(tmp_path), "--name", "ddp", "--print_freq", "0", "-q",
+    ])
+    assert rc == 0
+    history = pd.read_csv(tmp_path / "ddp" / "metrics.csv")
+    assert (history["world_size"] == 2).all()
+    assert (history["rank_weight_spread"] == 0.0).all()
+
+
+def test_killed_worker_is_restarted_and_run_completes(dense_digits, tmp_path):
+    from ray.util.state import list_actors
+
+    args = [
+        "--prune_type", "irregular", "--ratio", "0.8", "--weight_file", str(dense_digits / "final.pt"),
+        "--epochs", "6", "--output", str(tmp_path), "--name", "kill", "--print_freq", "0", "-q",
+    ]
+    outcome = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("rc", prune.main(args)))
+    runner.start()
+    run = tmp_path / "kill"
+    killed = None
+    deadline = time.time() + 240
+    while time.time() < deadline and killed is None and runner.is_alive():
+        if list(run.glob("checkpoint_epoch*")):
+            for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+                os.kill(actor.pid, signal.SIGKILL)
+                killed = actor.pid
+        time.sleep(0.2)
+    runner.join(timeout=300)
+    assert killed is not None, "never saw a worker to kill"
+    assert outcome.get("rc") == 0
+    history = pd.read_csv(run / "metrics.csv")
+    assert history["epoch"].max() == 5
+    model = _final_model(run)
+    for name, wm in pruners.masked_parameters(model).items():
+        w = model.get_submodule(name.rsplit(".", 1)[0]).weight
+        assert int((w == 0).sum()) == int(0.8 * w.numel() + 0.5)
+
+
+def test_resume_continues_from_the_last_checkpoint(dense_digits, tmp_path):
+    base = ["--weight_file", str(dense_digits / "final.pt"), "--output", str(tmp_path), "--print_freq", "0", "-q"]
+    assert prune.main(["--prune_type", "filter", "--ratio", "0.25", "--epochs", "1", "--name", "res", *base]) == 0
+    assert prune.main(["--resume", str(tmp_path / "res"), "--epochs", "2", "-q"]) == 0
+    history = pd.read_csv(tmp_path / "res" / "metrics.csv")
+    assert list(history["epoch"]) == [0, 1]
+    assert "resumed from the checkpoint of epoch 0" in (tmp_path / "res" / "run.log").read_text()
+    assert _summary(tmp_path / "res")["epoch"] == 1
+
+
+def test_workers_beyond_the_cluster_fail_before_training(ray_local, tmp_path, capsys):
+    assert train.main(["--workers", "64", "--epochs", "1", "--output", str(tmp_path), "-q"]) == 2
+    assert "64" in capsys.readouterr().err
+    assert not list(tmp_path.rglob("checkpoint_epoch*"))
