@@ -1,0 +1,87 @@
+"""From a Ray Tune experiment folder to ``trials.csv`` and the Pareto reports.
+
+Works on finished and interrupted experiments alike (``python -m raysweep.report`` uses it):
+every trial Ray Tune knows appears exactly once, failed ones with their error.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any, Optional
+
+import pandas as pd
+
+from raysweep.reports import write_reports
+
+log = logging.getLogger("raysweep.results")
+
+SWEEP_FILE = "sweep.json"  # what the report needs to know about the sweep (objectives, space)
+
+# Metric name in the trial's reports -> trials.csv column.
+_METRIC_COLUMNS = {
+    "method": "method", "schedule": "schedule", "accuracy": "accuracy", "top5": "top5",
+    "best_accuracy": "best_accuracy", "sparsity": "sparsity", "sparsity_conv": "sparsity_conv",
+    "sparsity_seed": "sparsity_seed", "flops_ratio": "flops_ratio", "params_remaining": "params_remaining",
+    "train_s": "train_s", "time_total_s": "wall_s", "node_id": "node_id",
+}
+
+
+def save_sweep_info(exp_dir: Path, info: dict[str, Any]) -> None:
+    exp_dir.mkdir(parents=True, exist_ok=True)
+    (exp_dir / SWEEP_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def load_sweep_info(exp_dir: Path) -> dict[str, Any]:
+    path = exp_dir / SWEEP_FILE
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def _last_checkpoint(exp_dir: Path, trial_id: str) -> str:
+    found = sorted((exp_dir / "trials" / trial_id).glob("checkpoint_epoch*/checkpoint.pt"))
+    return str(found[-1]) if found else ""
+
+
+def _error_text(trial) -> str:
+    path = trial.error_file
+    if path and Path(path).is_file():
+        lines = [ln for ln in Path(path).read_text(errors="replace").strip().splitlines() if ln.strip()]
+        return lines[-1][:500] if lines else "failed"
+    return ""
+
+
+def trials_frame(exp_dir: Path) -> pd.DataFrame:
+    """One row per trial: id, status, error, method, schedule, ratio/<param>, figures, checkpoint."""
+    from ray.tune import ExperimentAnalysis
+
+    analysis = ExperimentAnalysis(str(exp_dir))
+    rows = []
+    for trial in analysis.trials:
+        last = trial.last_result or {}
+        row: dict[str, Any] = {"trial_id": trial.trial_id, "status": trial.status, "error": _error_text(trial)}
+        config = trial.config or {}
+        row["method"] = last.get("method", config.get("method"))
+        row["schedule"] = last.get("schedule", config.get("schedule"))
+        row["point"] = config.get("point", -1)
+        for key, column in _METRIC_COLUMNS.items():
+            if key in last:
+                row[column] = last[key]
+        row.update({k: v for k, v in last.items() if k.startswith("ratio/")})
+        row["epochs"] = last["epoch"] + 1 if "epoch" in last else 0
+        row["checkpoint"] = _last_checkpoint(exp_dir, trial.trial_id)
+        rows.append(row)
+    frame = pd.DataFrame(rows)
+    if len(frame):
+        ratio_cols = sorted(c for c in frame.columns if c.startswith("ratio/"))
+        front = ["trial_id", "status", "error", "method", "schedule", "point"]
+        rest = [c for c in frame.columns if c not in front and c not in ratio_cols]
+        frame = frame[front + ratio_cols + rest].sort_values("trial_id", kind="stable").reset_index(drop=True)
+    return frame
+
+
+def build_reports(exp_dir: Path, objectives: Optional[dict[str, str]] = None, title: Optional[str] = None) -> dict[str, Path]:
+    """Write trials.csv, pareto.csv, report.md/html and pareto.png into the experiment folder."""
+    info = load_sweep_info(exp_dir)
+    objectives = objectives or info.get("objectives")
+    frame = trials_frame(exp_dir)
+    return write_reports(frame, exp_dir, objectives=objectives, title=title or f"raysweep: {info.get('name', exp_dir.name)}")

@@ -1,0 +1,241 @@
+"""The sweep on Ray Tune: one trial = one ``TorchTrainer`` run (Train V2 inside a Tune function).
+
+Layout of an experiment, ``<storage>/<name>/``:
+  Ray Tune's own experiment state and trial folders,
+  ``trials/<trial_id>/``   each trial's Ray Train run (its checkpoints),
+  ``trials.csv``, ``pareto.csv``, ``report.md``, ``report.html``, ``pareto.png`` (raysweep.results).
+Dense weights trained by the sweep are cached in ``<storage>/dense/`` and shared by every trial.
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import pickle
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ray.tune.search import Searcher
+
+from raysweep.config import RunConfig
+from raysweep.engine import build_trainer, execute, init_ray
+from raysweep.space import SearchSpace, to_tune, trial_run_config
+
+log = logging.getLogger("raysweep.sweep")
+
+# Ray Tune needs each trial function to hold some resource; the real work runs in the
+# trial's Train workers, which reserve the CPUs/GPUs. This keeps the function's share tiny.
+TRIAL_FUNCTION_CPU = 0.001
+
+
+@dataclass
+class SweepContext:
+    """What every trial needs besides its sampled config; travels through the object store."""
+
+    space: SearchSpace
+    base: RunConfig
+    trials_dir: str
+
+
+def run_trial(config: dict[str, Any], context: SweepContext) -> None:
+    """Tune function trainable: build this trial's RunConfig and fit its TorchTrainer."""
+    import ray.tune
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    cfg = trial_run_config(context.space, config, context.base)
+    cfg.name = trial_id
+    trainer = build_trainer(cfg, context.trials_dir, trial_id, callbacks=[TuneReportCallback()])
+    trainer.fit()
+
+
+class FixedPointsFirst(Searcher):
+    """Proposes the space's fixed points first, then asks ``inner`` (a Tune ``Searcher``).
+
+    Points (e.g. the reference project's hand-set ratios) are not fed back to the inner
+    searcher: they are baselines, not samples of its distributions.
+    """
+
+    def __init__(self, inner: Searcher, points: list[dict]):
+        super().__init__(metric=inner.metric, mode=inner.mode)
+        self.inner = inner
+        self.points = [dict(p) for p in points]
+        self.next_point = 0
+        self.point_trials: set[str] = set()
+        self.keys: list[str] = []
+
+    def set_search_properties(self, metric, mode, config, **spec):
+        self.keys = list(config)
+        return self.inner.set_search_properties(metric, mode, config, **spec)
+
+    def suggest(self, trial_id: str):
+        if self.next_point < len(self.points):
+            self.point_trials.add(trial_id)
+            self.next_point += 1
+            # Keys a point does not set are None, never left as unsampled distributions.
+            return {**dict.fromkeys(self.keys), **copy.deepcopy(self.points[self.next_point - 1])}
+        return self.inner.suggest(trial_id)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        if trial_id not in self.point_trials:
+            self.inner.on_trial_result(trial_id, result)
+
+    def on_trial_complete(self, trial_id: str, result: Optional[dict] = None, error: bool = False) -> None:
+        if trial_id not in self.point_trials:
+            self.inner.on_trial_complete(trial_id, result=result, error=error)
+
+    def save(self, checkpoint_path: str) -> None:
+        # One file: Tune writes it to a temporary name and renames it, so no side files.
+        with tempfile.TemporaryDirectory() as d:
+            self.inner.save(os.path.join(d, "inner.pkl"))
+            inner = Path(d, "inner.pkl").read_bytes()
+        state = {"next_point": self.next_point, "point_trials": self.point_trials, "points": self.points, "keys": self.keys}
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump({"state": state, "inner": inner}, f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            saved = pickle.load(f)
+        self.__dict__.update(saved["state"])
+        with tempfile.TemporaryDirectory() as d:
+            Path(d, "inner.pkl").write_bytes(saved["inner"])
+            self.inner.restore(os.path.join(d, "inner.pkl"))
+
+
+def _optuna_sampler(space: SearchSpace):
+    import optuna
+
+    samplers = {
+        "nsga2": lambda: optuna.samplers.NSGAIISampler(seed=space.seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=space.seed, multivariate=True),
+        "random": lambda: optuna.samplers.RandomSampler(seed=space.seed),
+    }
+    return samplers["random" if space.search == "random" else space.sampler]()
+
+
+def build_search_alg(space: SearchSpace, points: list[dict]):
+    """``random`` and ``optuna`` go through Ray Tune's OptunaSearch (multi-objective); ``grid``
+    through Tune's variant generator over the ``grid_search`` choices."""
+    if space.search == "grid":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=points or None, random_state=space.seed)
+    from ray.tune.search.optuna import OptunaSearch
+
+    metrics = list(space.objectives)
+    modes = [space.objectives[m] for m in metrics]
+    inner = OptunaSearch(metric=metrics, mode=modes, sampler=_optuna_sampler(space))
+    return FixedPointsFirst(inner, points)
+
+
+def build_scheduler(space: SearchSpace):
+    from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
+
+    schedulers = {
+        "fifo": lambda: FIFOScheduler(),
+        # Train V2 reports no training_iteration of its own: rungs are counted in epochs.
+        "asha": lambda: ASHAScheduler(
+            metric="accuracy", mode="max", time_attr="epoch",
+            grace_period=space.asha.grace_period, reduction_factor=space.asha.reduction_factor,
+        ),
+    }
+    return schedulers[space.scheduler]()
+
+
+def max_concurrent_trials(space: SearchSpace) -> int:
+    """As many trials as the cluster holds at once, so no trial waits forever for workers."""
+    import ray
+
+    res = ray.cluster_resources()
+    r = space.resources
+    per_trial_cpu = r.workers_per_trial * r.cpus_per_worker + TRIAL_FUNCTION_CPU
+    fits = math.floor(res.get("CPU", 0) / per_trial_cpu + 1e-9)
+    if r.gpus_per_worker:
+        fits = min(fits, math.floor(res.get("GPU", 0) / (r.workers_per_trial * r.gpus_per_worker)))
+    if fits < 1:
+        raise ValueError(
+            f"one trial needs {r.workers_per_trial} workers x {r.cpus_per_worker} CPU"
+            f"{f' x {r.gpus_per_worker} GPU' if r.gpus_per_worker else ''}; the Ray cluster has {res}"
+        )
+    return fits
+
+
+def base_run_config(space: SearchSpace, weight_file: Optional[str]) -> RunConfig:
+    r = space.resources
+    return RunConfig(
+        model=space.model, dataset=space.dataset, data_root=space.data_root, weight_file=weight_file,
+        seed=space.seed, workers=r.workers_per_trial, cpus_per_worker=r.cpus_per_worker,
+        use_gpu=bool(r.gpus_per_worker), max_failures=0, print_freq=0,
+    )
+
+
+def dense_weights(space: SearchSpace, storage: Path, address: Optional[str]) -> str:
+    """A weights path for every trial: the space's file, or one dense training cached per
+    model/dataset/recipe under ``<storage>/dense/`` (never one per trial)."""
+    if space.dense != "train":
+        return space.dense
+    name = f"{space.dataset}-{space.model}-e{space.dense_epochs}-lr{space.dense_lr:g}-s{space.seed}"
+    cached = storage / "dense" / name / "final.pt"
+    if cached.is_file():
+        log.info("dense weights: cached %s", cached)
+        return str(cached)
+    log.info("dense weights: training %s once (%d epochs)", name, space.dense_epochs)
+    cfg = base_run_config(space, None)
+    cfg.epochs, cfg.lr, cfg.output, cfg.name, cfg.max_failures = space.dense_epochs, space.dense_lr, str(storage / "dense"), name, 1
+    cfg.workers = 1
+    result = execute(cfg, resume=True, address=address)
+    return str(result.final_checkpoint)
+
+
+def progress_reporter(space: SearchSpace):
+    from ray.tune import CLIReporter
+
+    columns = {"accuracy": "acc", "sparsity": "sparsity", "epoch": "epoch"}
+    columns.update({k: k for k in space.objectives if k not in columns})
+    return CLIReporter(
+        parameter_columns={"method": "method", "schedule": "schedule", "point": "point"},
+        metric_columns=columns, max_report_frequency=15, sort_by_metric=False,
+    )
+
+
+def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = False, address: Optional[str] = None) -> Path:
+    """Run (or resume) the sweep; returns the experiment directory. Inputs must be checked."""
+    import os
+
+    import ray.tune as tune
+
+    # Tune's newer console output ignores custom reporters; ours shows the columns that matter.
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    init_ray(address)
+    storage = storage.expanduser().resolve()
+    weights = dense_weights(space, storage, address)
+    exp_dir = storage / name
+    context = SweepContext(space, base_run_config(space, weights), str(exp_dir / "trials"))
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": TRIAL_FUNCTION_CPU})
+    if resume and tune.Tuner.can_restore(str(exp_dir)):
+        log.info("resuming %s: finished trials are kept, unfinished ones continue", exp_dir)
+        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    else:
+        param_space, points = to_tune(space)
+        if points:
+            param_space["point"] = -1
+        tuner = tune.Tuner(
+            trainable,
+            param_space=param_space,
+            tune_config=tune.TuneConfig(
+                search_alg=build_search_alg(space, points),
+                scheduler=build_scheduler(space),
+                # grid: the whole grid once (plus the points); otherwise `trials` samples + points
+                num_samples=1 if space.search == "grid" else space.trials + len(points),
+                max_concurrent_trials=max_concurrent_trials(space),
+            ),
+            run_config=tune.RunConfig(
+                name=name, storage_path=str(storage), progress_reporter=progress_reporter(space),
+                failure_config=tune.FailureConfig(max_failures=0),
+            ),
+        )
+    tuner.fit()
+    return exp_dir
