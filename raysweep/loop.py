@@ -182,6 +182,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     loader = DataLoader(train_ds, batch_size=per_worker_batch, sampler=sampler)
     loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
 
+    if saved is not None and state["epoch"] + 1 >= cfg.epochs:
+        # Restarted after its last epoch (e.g. a resumed sweep whose driver died before
+        # seeing this report): report the final metrics again so the caller gets them.
+        ray.train.report(saved["metrics"], checkpoint=None)
+        return
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         phase = schedule.phase(epoch) if schedule else None
         if phase is not None and phase.recompute:
