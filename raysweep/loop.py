@@ -69,6 +69,22 @@ def rank_checksums(model: nn.Module, world: int, device) -> list[float]:
     return [g.item() for g in gathered]
 
 
+def target_sparsity(model: nn.Module, targets: dict[str, Any]) -> float:
+    """The prunable-weight sparsity the targets ask for (M:N as 1 - N/M), for progress tables."""
+    params = dict(model.named_parameters())
+    total = removed = 0.0
+    for name in pruners.prunable_parameters(model):
+        numel = params[name].numel()
+        total += numel
+        target = targets.get(name, 0.0)
+        if isinstance(target, str):
+            m, n = pruners.parse_nm(target)
+            removed += numel * (1 - n / m)
+        else:
+            removed += math.floor(float(target) * numel + 0.5)
+    return removed / total if total else 0.0
+
+
 def _spread(values: list[float]) -> float:
     return max(values) - min(values)
 
@@ -148,7 +164,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     ratios: dict[str, Any] = {}
     if cfg.method:
         # The per-parameter targets travel with every report: the sweep's ratio/<param> columns.
-        ratios = {f"ratio/{k}": v for k, v in pruners.resolve_targets(model, cfg.targets).items()}
+        resolved = pruners.resolve_targets(model, cfg.targets)
+        ratios = {f"ratio/{k}": v for k, v in resolved.items()}
+        ratios["target_sparsity"] = target_sparsity(model, resolved)
         report = pruners.prepare(model, cfg.targets, cfg.method, fraction=0.0, enforce=True)
         if rank == 0 and report.skipped:
             for name, reason in report.skipped.items():

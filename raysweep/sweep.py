@@ -193,7 +193,7 @@ def dense_weights(space: SearchSpace, storage: Path, address: Optional[str]) -> 
 def progress_reporter(space: SearchSpace):
     from ray.tune import CLIReporter
 
-    columns = {"accuracy": "acc", "sparsity": "sparsity", "epoch": "epoch"}
+    columns = {"target_sparsity": "target", "accuracy": "acc", "sparsity": "sparsity", "epoch": "epoch"}
     columns.update({k: k for k in space.objectives if k not in columns})
     return CLIReporter(
         parameter_columns={"method": "method", "schedule": "schedule", "point": "point"},
