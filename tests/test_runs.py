@@ -92,11 +92,16 @@ def test_two_worker_ddp_keeps_ranks_identical(dense_digits, tmp_path):
     rc = prune.main([
         "--prune_type", "irregular", "--ratio", "0.5", "--weight_file", str(dense_digits / "final.pt"),
         "--epochs", "2", "--workers", "2", "--output", str(tmp_path), "--name", "ddp", "--print_freq", "0", "-q",
+        "--prune_freq", "1", "--retrain_epoch", "1",  # regrow at epoch 0, masks frozen from epoch 1
     ])
     assert rc == 0
     history = pd.read_csv(tmp_path / "ddp" / "metrics.csv")
     assert (history["world_size"] == 2).all()
     assert (history["rank_weight_spread"] == 0.0).all()
+    # the best checkpoint comes only from epochs at the final sparsity with frozen masks
+    assert list(history["final"]) == [False, True]
+    best = torch.load(tmp_path / "ddp" / "best.pt", map_location="cpu", weights_only=True)
+    assert best["epoch"] == 1
 
 
 def test_killed_worker_is_restarted_and_run_completes(dense_digits, tmp_path):
@@ -104,7 +109,8 @@ def test_killed_worker_is_restarted_and_run_completes(dense_digits, tmp_path):
 
     args = [
         "--prune_type", "irregular", "--ratio", "0.8", "--weight_file", str(dense_digits / "final.pt"),
-        "--epochs", "6", "--output", str(tmp_path), "--name", "kill", "--print_freq", "0", "-q",
+        "--epochs", "6", "--schedule", "agp", "--agp_end", "3",  # gradual: dense at epoch 0, 0.8 from epoch 3
+        "--output", str(tmp_path), "--name", "kill", "--print_freq", "0", "-q",
     ]
     outcome = {}
     runner = threading.Thread(target=lambda: outcome.setdefault("rc", prune.main(args)))
@@ -122,7 +128,8 @@ def test_killed_worker_is_restarted_and_run_completes(dense_digits, tmp_path):
     assert killed is not None, "never saw a worker to kill"
     assert outcome.get("rc") == 0
     history = pd.read_csv(run / "metrics.csv")
-    assert history["epoch"].max() == 5
+    assert list(history["epoch"]) == list(range(6))
+    assert history["sparsity"].iloc[0] == 0.0 and history["sparsity"].is_monotonic_increasing
     model = _final_model(run)
     for name, wm in pruners.masked_parameters(model).items():
         w = model.get_submodule(name.rsplit(".", 1)[0]).weight

@@ -1,0 +1,51 @@
+"""Bad input to the sweep: every problem in one message, exit 2, before any Ray work."""
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from raysweep import report, search
+
+
+@pytest.fixture(autouse=True)
+def no_ray(monkeypatch):
+    import raysweep.engine
+
+    def refuse(*a, **k):
+        raise AssertionError("Ray was started despite bad input")
+
+    monkeypatch.setattr(raysweep.engine, "init_ray", refuse)
+
+
+def test_space_errors_are_reported_together(tmp_path, capsys):
+    space = tmp_path / "bad.yaml"
+    space.write_text(yaml.safe_dump({
+        "trails": 3,
+        "methods": {"irregular": {"features.3.weight": 1.2, "block9.*": 0.5}, "filtr": {"*": 0.5}},
+    }))
+    assert search.main(["--space", str(space), "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    for expected in ("trials", "1.2", "block9.*", "filter"):
+        assert expected in err, expected
+    assert not (tmp_path / "bad").exists()
+
+
+def test_missing_dataset_is_an_error_before_ray(tmp_path, capsys):
+    rc = search.main(["--space", "cifar10_vgg16", "--set", f"data_root={tmp_path / 'none'}", "--storage", str(tmp_path)])
+    assert rc == 2
+    assert str(tmp_path / "none") in capsys.readouterr().err
+
+
+def test_unknown_override_key_suggests_the_nearest(tmp_path, capsys):
+    assert search.main(["--set", "epocs=2", "--storage", str(tmp_path)]) == 2
+    assert "epochs" in capsys.readouterr().err
+
+
+def test_resume_without_an_experiment(tmp_path, capsys):
+    assert search.main(["--resume", "--name", "nothing", "--storage", str(tmp_path)]) == 2
+    assert "nothing" in capsys.readouterr().err
+
+
+def test_report_of_a_missing_folder(tmp_path, capsys):
+    assert report.main([str(tmp_path / "nope")]) == 2
+    assert "nope" in capsys.readouterr().err
