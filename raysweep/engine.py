@@ -207,5 +207,6 @@ def collect_run(result, run_dir: Path, wall_s: float) -> RunResult:
 
 
 def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """The gist of an exception: its first line, plus the first detail line when it has one."""
+    text = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return " ".join(text[:2])[:400] if text else type(exc).__name__

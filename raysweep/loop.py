@@ -109,23 +109,25 @@ def evaluate(model: nn.Module, val_ds, batch_size: int, rank: int, world: int, d
 
 
 def train_one_epoch(model, loader, optimizer, device, epoch: int, print_freq: int, rank: int) -> float:
+    """One pass; the loss stays on the device (no per-batch sync) and is checked once at the end."""
     model.train()
-    loss_sum, n = 0.0, 0
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    n = 0
     for i, (x, y) in enumerate(loader):
-        x, y = x.to(device), y.to(device)
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         optimizer.zero_grad(set_to_none=True)
         loss = nn.functional.cross_entropy(model(x), y)
         loss.backward()
         optimizer.step()
-        value = loss.item()
-        if not math.isfinite(value):
-            raise FloatingPointError(f"training loss became {value} at epoch {epoch}, batch {i}")
-        loss_sum += value * len(y)
+        loss_sum += loss.detach().double() * len(y)
         n += len(y)
         if rank == 0 and print_freq and i % print_freq == 0:
             lr = optimizer.param_groups[0]["lr"]
-            log.info("Training Epoch: %d [%d/%d]\tLoss: %.4f\tLR: %.6f", epoch, i, len(loader), value, lr)
-    return loss_sum / max(n, 1)
+            log.info("Training Epoch: %d [%d/%d]\tLoss: %.4f\tLR: %.6f", epoch, i, len(loader), loss.item(), lr)
+    mean = loss_sum.item() / max(n, 1)
+    if not math.isfinite(mean):
+        raise FloatingPointError(f"training loss became {mean} in epoch {epoch}")
+    return mean
 
 
 def _attach_run_log(run_dir: Optional[str]) -> None:
