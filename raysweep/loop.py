@@ -95,7 +95,8 @@ def evaluate(model: nn.Module, val_ds, batch_size: int, rank: int, world: int, d
     loader = DataLoader(shard, batch_size=batch_size, shuffle=False)
     model.eval()
     correct1 = correct5 = loss_sum = count = 0.0
-    with torch.no_grad():
+    # cached(): each masked weight is computed once for the whole evaluation, not per batch.
+    with torch.no_grad(), torch.nn.utils.parametrize.cached():
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             out = model(x)
