@@ -144,10 +144,20 @@ def _attach_run_log(run_dir: Optional[str]) -> None:
     log.setLevel(logging.INFO)
 
 
+def _quiet_report_lines() -> None:
+    """Ray Train logs every report with all its metrics at INFO under a logger named after its
+    file path, which ``LoggingConfig`` does not reach; it would drown the epoch lines."""
+    from ray.train.v2._internal.execution import context as train_context
+
+    level = os.environ.get("RAYSWEEP_TRAIN_LOG_LEVEL", "WARNING").upper()
+    logging.getLogger(train_context.__file__).setLevel(level)
+
+
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
 
+    _quiet_report_lines()
     cfg = RunConfig.from_dict(config["run"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
