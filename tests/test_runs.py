@@ -106,7 +106,7 @@ def test_two_worker_ddp_keeps_ranks_identical(dense_digits, tmp_path):
     assert best["epoch"] == 1
 
 
-def test_killed_worker_is_restarted_and_run_completes(dense_digits, tmp_path):
+def test_killed_worker_is_restarted_and_run_completes(ray_local, dense_digits, tmp_path):
     from ray.util.state import list_actors
 
     args = [
@@ -122,7 +122,8 @@ def test_killed_worker_is_restarted_and_run_completes(dense_digits, tmp_path):
     deadline = time.time() + 240
     while time.time() < deadline and killed is None and runner.is_alive():
         if list(run.glob("checkpoint_epoch*")):
-            for actor in list_actors(filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]):
+            alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+            for actor in list_actors(address=ray_local.get_runtime_context().gcs_address, filters=alive):
                 os.kill(actor.pid, signal.SIGKILL)
                 killed = actor.pid
         time.sleep(0.2)
