@@ -126,6 +126,9 @@ def build_trainer(cfg: RunConfig, storage_path: str, name: str, callbacks: Optio
 
     from raysweep.loop import train_loop_per_worker
 
+    # Here too, not only in init_ray: in a sweep on an existing cluster this runs in a Ray worker,
+    # whose environment is the node's, and Ray Train passes these on from the trainer's process.
+    apply_ray_env_defaults()
     return TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"run": cfg.to_dict(), "run_dir": run_dir},

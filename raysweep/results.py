@@ -24,6 +24,8 @@ _METRIC_COLUMNS = {
     "best_accuracy": "best_accuracy", "sparsity": "sparsity", "sparsity_conv": "sparsity_conv",
     "sparsity_seed": "sparsity_seed", "flops_ratio": "flops_ratio", "params_remaining": "params_remaining",
     "train_s": "train_s", "time_total_s": "wall_s", "node_id": "node_id",
+    # Unix time (s) of the trial's last report, its end once finished: orders trials in time.
+    "timestamp": "finished_at",
 }
 
 
@@ -43,8 +45,11 @@ def _last_checkpoint(exp_dir: Path, trial_id: str) -> str:
 
 
 def _error_text(trial) -> str:
-    path = trial.error_file
-    if path and Path(path).is_file():
+    # The copy in the experiment folder: Trial.error_file points into the driver's Ray session
+    # (it needs a running Ray, and is gone once that session ends).
+    name = trial.run_metadata.error_filename
+    path = Path(trial.path, name) if name and trial.path else None
+    if path and path.is_file():
         lines = [ln for ln in Path(path).read_text(errors="replace").strip().splitlines() if ln.strip()]
         return lines[-1][:500] if lines else "failed"
     return ""

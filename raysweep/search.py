@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Optional
@@ -15,7 +16,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--space", default=None, help="shipped space name (digits, cifar10_vgg16, cifar10_resnet56, imagenet_resnet18), a YAML file, or a reference prune_config YAML (one fixed trial); default: digits")
     p.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE", help="override a space field, e.g. --set trials=8 --set resources.workers_per_trial=2 (repeatable)")
-    p.add_argument("--storage", default="raysweep_results", help="folder (or URI) holding experiments; shared by all nodes on a cluster")
+    p.add_argument("--storage", default="raysweep_results", help="folder holding experiments; on a multi-node cluster a shared filesystem path that every node sees at the same place")
     p.add_argument("--name", default=None, help="experiment name (default: the space's name)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --storage/--name; finished trials are not re-run")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -61,6 +62,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     except (RunInputError, ValueError, FileNotFoundError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    if "://" in args.storage:
+        # Reports and the dense-weight cache are written with plain file I/O: a URI would become a local folder.
+        print(f"{PROG}: error: --storage {args.storage}: URIs are not supported; use a filesystem path every node sees (NFS, or the bucket mounted)", file=sys.stderr)
+        return 2
     storage = Path(args.storage).expanduser().resolve()
     name = experiment_name(storage, args.name or space.name, args.resume)
     if args.resume and not (storage / name).is_dir():
@@ -80,6 +85,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         return 2
     except Exception as exc:
         print(f"{PROG}: sweep failed: {type(exc).__name__}: {exc} (resume with --resume --name {name})", file=sys.stderr)
+        if isinstance(exc, ConnectionError) and os.environ.get("RAY_AUTH_MODE") != "token":
+            # Ray sends a token to an address given explicitly only in token mode.
+            print(f"{PROG}: if the cluster uses token authentication: export RAY_AUTH_MODE=token (token in ~/.ray/auth_token, RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN)", file=sys.stderr)
         return 1
     paths = build_reports(exp_dir, space.objectives)
     import pandas as pd
