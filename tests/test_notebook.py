@@ -1,0 +1,130 @@
+"""notebooks/pareto_analysis.ipynb, executed headless with nbclient on the output of one real
+tiny sweep: the sweep's folder, and a copy of it without its reports, which the notebook must
+rebuild. Any cell error fails the test."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+from nbclient import NotebookClient
+
+from raysweep import search
+from raysweep.pareto import knee_point
+from raysweep.reports import finished_mask
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[1]
+NOTEBOOK = REPO / "notebooks" / "pareto_analysis.ipynb"
+REPORTS = ("trials.csv", "pareto.csv", "report.md", "report.html", "pareto.png")
+
+SPACE = {
+    "name": "nb",
+    "model": "digits_cnn",
+    "dataset": "digits",
+    "trials": 2,
+    "search": "random",
+    "seed": 2,
+    "epochs": 1,
+    "lr": 0.01,
+    "batch_size": 128,
+    "methods": {
+        "irregular": {"*": {"uniform": [0.3, 0.9]}, "classifier.2.weight": 0.5},
+        "nm": {"*": {"choice": ["m4n2", "m8n2"]}, "features.0.weight": 0.0},
+    },
+    "schedules": {"oneshot": {}},
+    "points": [{"method": "nm", "ratios": {"*": "m4n2", "features.0.weight": 0.0}}],
+}
+
+
+@pytest.fixture(scope="module")
+def experiments(ray_local, dense_digits, tmp_path_factory):
+    """Two experiment folders from one sweep of 3 one-epoch trials (the session's dense model)."""
+    root = tmp_path_factory.mktemp("notebook")
+    space_file = root / "nb.yaml"
+    space_file.write_text(yaml.safe_dump({**SPACE, "dense": str(dense_digits / "final.pt")}))
+    assert search.main(["--space", str(space_file), "--storage", str(root / "results"), "-q"]) == 0
+    first, second = root / "results" / "nb", root / "results" / "nb-copy"
+    shutil.copytree(first, second)
+    for name in REPORTS:
+        (second / name).unlink()
+    return first, second
+
+
+def _kernel() -> str:
+    """ipykernel's `python3`, registered for the user if this machine has no such kernel yet
+    (jupyter_client runs it with this interpreter)."""
+    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
+
+    try:
+        KernelSpecManager().get_kernel_spec("python3")
+    except NoSuchKernel:
+        subprocess.run([sys.executable, "-m", "ipykernel", "install", "--user", "--name", "python3"], check=True)
+    return "python3"
+
+
+@pytest.fixture(scope="module")
+def executed(experiments, tmp_path_factory):
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    old = os.environ.get("RAYSWEEP_EXPERIMENTS")
+    os.environ["RAYSWEEP_EXPERIMENTS"] = os.pathsep.join(str(e) for e in experiments)
+    try:  # the kernel inherits this environment; it runs from the notebook's folder, as in Jupyter
+        NotebookClient(nb, kernel_name=_kernel(), timeout=300, resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute()
+    finally:
+        if old is None:
+            os.environ.pop("RAYSWEEP_EXPERIMENTS", None)
+        else:
+            os.environ["RAYSWEEP_EXPERIMENTS"] = old
+    nbformat.write(nb, tmp_path_factory.mktemp("executed") / NOTEBOOK.name)  # kept for a look after a failure
+    return nb
+
+
+def _outputs(nb, kind: str) -> list:
+    return [o for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if kind in o.get("data", {})]
+
+
+def _text(nb) -> str:
+    parts = []
+    for cell in nb.cells:
+        for o in cell.get("outputs", []) if cell.cell_type == "code" else []:
+            parts.append(o.get("text", "") if o.get("output_type") == "stream" else o.get("data", {}).get("text/plain", ""))
+    return "\n".join(parts)
+
+
+def test_the_committed_notebook_has_no_outputs():
+    nb = nbformat.read(NOTEBOOK, as_version=4)
+    nbformat.validate(nb)
+    for cell in nb.cells:
+        if cell.cell_type == "code":
+            assert not cell.outputs and cell.execution_count is None
+    params = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
+    assert len(params) == 1 and 'EXPERIMENTS = ["raysweep_results/digits-default"]' in params[0].source
+
+
+def test_the_notebook_runs_and_draws(executed):
+    # fronts per method x2, hypervolume curve, ratio heat maps x2, the overlay of the two sweeps
+    assert len(_outputs(executed, "image/png")) >= 6
+    assert _outputs(executed, "text/html"), "tables (the front, the knee's configuration, hypervolumes)"
+
+
+def test_the_notebook_prints_the_knee_point(executed, experiments):
+    trials = pd.read_csv(experiments[0] / "trials.csv")
+    done = trials[finished_mask(trials)]
+    knee = knee_point(done, {"accuracy": "max", "sparsity": "max"})
+    assert f"nb: knee point trial {knee['trial_id']}" in _text(executed)
+
+
+def test_a_folder_without_reports_is_rebuilt(executed, experiments):
+    first, second = experiments
+    for name in REPORTS:
+        assert (second / name).is_file(), name
+    a, b = pd.read_csv(first / "trials.csv"), pd.read_csv(second / "trials.csv")
+    assert list(a["trial_id"]) == list(b["trial_id"])
+    assert "nb-copy" in _text(executed)
