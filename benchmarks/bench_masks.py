@@ -9,19 +9,12 @@ for all 13 convs plus the 512 -> 10 classifier (~15M weights) on a laptop-class 
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 from typing import Callable
 
 import torch
 
-try:
-    import pruners
-except ImportError:  # run from a checkout without `pip install -e .`
-    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-    import pruners
-from pruners.patterns import select_library
+import pruners  # the project is installed (pip install -e .)
 
 # CIFAR VGG16: (in, out) of each 3x3 conv, then the classifier.
 VGG16_CONVS = [

@@ -1,7 +1,6 @@
 """The sweep end to end on the embedded digits data: files, fronts, exact zeros, failure, resume."""
 from __future__ import annotations
 
-import itertools
 import os
 import signal
 import subprocess
@@ -9,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 import pytest
 import torch
