@@ -23,6 +23,9 @@ The format (every key optional; defaults in brackets)::
     methods:                      # method -> per-layer targets: name or glob -> value or distribution
       irregular: {"*": {uniform: [0.5, 0.95]}, "features.0.weight": 0.0}
       nm: {"*": {choice: [m4n2, m4n1, m8n2]}, "features.0.weight": 0.0}
+      filter:                     # or one global target shaped by an allocation family
+        allocation: {family: {choice: [lamp, erk]}, target: {uniform: [0.2, 0.7]}, perturb: {"features.*": 0.0}}
+        "classifier.2.weight": 0.0  # fixed layers; the others absorb the target
     # or: methods: [irregular, filter]  plus a shared  ratios: {"*": {uniform: [0.3, 0.9]}}
     schedules:                    # name -> params (values or distributions); a trial picks one
       oneshot: {}
@@ -46,8 +49,10 @@ A reference-project ratio YAML (top-level ``prune_ratio``) is a space too: no se
 default vgg16/cifar10).
 
 Tune sees a nested ``param_space`` (``to_tune``) whose '/'-joined keys are ``method``,
-``schedule``, ``<method>/<glob or name>``, ``schedule_params/<schedule>/<param>``, ``epochs``,
-``lr``, ``batch_size``, ``wd`` (nested, because Ray's OptunaSearch rejects '/' inside keys).
+``schedule``, ``<method>/<glob or name>``, ``<method>/allocation/family``, ``.../target``,
+``.../perturb/<glob or name>``, ``schedule_params/<schedule>/<param>``, ``epochs``, ``lr``,
+``batch_size``, ``wd`` (nested, because Ray's OptunaSearch rejects '/' inside keys).
+Allocation sections are described in ``raysweep.space_allocation``.
 """
 from __future__ import annotations
 
@@ -63,6 +68,7 @@ import yaml
 
 import pruners
 from raysweep.config import RunConfig, Target
+from raysweep.space_allocation import ALLOCATION_KEY, Allocation
 from raysweep.space_overrides import apply_override, override_path
 from raysweep.space_overrides import load_yaml as _yaml
 from raysweep.space_parse import DENSE_TRAIN, RAW_DEFAULTS, SPACE_KEYS, parse_space
@@ -83,8 +89,8 @@ from raysweep.space_validate import (
 
 __all__ = [
     "SPACE_KEYS", "Asha", "Dist", "Point", "Resources", "SearchSpace", "SpaceError", "flatten_config",
-    "list_spaces", "load_space", "override_path", "point_config", "to_mapping", "to_tune", "trial_run_config",
-    "trial_targets",
+    "list_spaces", "load_space", "override_path", "point_config", "to_mapping", "to_tune", "trial_allocation",
+    "trial_run_config", "trial_targets",
 ]  # fmt: skip
 
 DEFAULT_SPACE = "digits"
@@ -118,6 +124,7 @@ class SearchSpace:
     batch_size: Param = RAW_DEFAULTS["batch_size"]
     wd: Param = RAW_DEFAULTS["wd"]
     methods: dict[str, dict[str, Param]] = field(default_factory=dict)  # canonical -> target space
+    allocations: dict[str, Allocation] = field(default_factory=dict)  # method -> its allocation section
     schedules: dict[str, dict[str, Param]] = field(default_factory=lambda: {"oneshot": {}})
     points: list[Point] = field(default_factory=list)
     source: Optional[Path] = None
@@ -183,6 +190,13 @@ def _absolutise(raw: dict, file_base: Path, path_base: Path) -> None:
     for point in raw["points"] if isinstance(raw.get("points"), list) else []:
         if isinstance(point, dict) and isinstance(point.get("config_file"), str):
             point["config_file"] = str(file_base / Path(point["config_file"]).expanduser())
+    # A sensitivity table is the user's file, relative to the space file like config_file.
+    methods = raw.get("methods") if isinstance(raw.get("methods"), dict) else {}
+    sections = [*methods.values(), raw.get("ratios"), *(raw["points"] if isinstance(raw.get("points"), list) else [])]
+    for section in sections:
+        alloc = section.get(ALLOCATION_KEY) if isinstance(section, dict) else None
+        if isinstance(alloc, dict) and isinstance(alloc.get("table"), str):
+            alloc["table"] = str(file_base / Path(alloc["table"]).expanduser())
 
 
 def _reference_space(raw: Mapping, source: Optional[Path], method: Any) -> dict:
@@ -254,6 +268,8 @@ def to_tune(space: SearchSpace) -> tuple[dict, list[dict]]:
     }
     for method, targets in space.methods.items():
         ps[method] = {k: _dom(v, grid) for k, v in targets.items()}
+        if method in space.allocations:
+            ps[method][ALLOCATION_KEY] = space.allocations[method].to_tune(lambda v: _dom(v, grid))
     params = {s: {k: _dom(v, grid) for k, v in p.items()} for s, p in space.schedules.items() if p}
     if params and space.methods:
         ps["schedule_params"] = params
@@ -289,37 +305,76 @@ def _only(names: Mapping[str, Any]) -> Optional[str]:
     return next(iter(names)) if len(names) == 1 else None
 
 
+@dataclass
+class _Trial:
+    """What a trial's config selects, before it becomes a RunConfig."""
+
+    method: str
+    targets: dict[str, Target]  # with an allocation: the fixed layers only
+    allocation: Optional[dict[str, Any]]  # pruners.allocation.resolve_allocation's spec, or None
+    schedule: str
+    params: dict[str, Any]
+    hparams: dict[str, Any]
+
+
+def _trial(space: SearchSpace, config: Mapping[str, Any]) -> _Trial:
+    flat = flatten_config(config)
+    index = flat.get("point")
+    if index is not None and int(index) >= 0:
+        point = space.points[int(index)]
+        spec = point.allocation.representative_spec() if point.allocation else None
+        return _Trial(point.method, dict(point.targets), spec, point.schedule, dict(point.schedule_params), _point_hparams(space, point))
+    method = pruners.get_method(_take(flat, "method", _only(space.methods))).name
+    schedule = str(_take(flat, "schedule", _only(space.schedules)))
+    targets = {k: _target(_take(flat, f"{method}/{k}", v)) for k, v in space.methods[method].items()}
+    alloc = space.allocations.get(method)
+    prefix = f"{method}/{ALLOCATION_KEY}/"
+    spec = alloc.spec({k: _take(flat, prefix + k, v) for k, v in alloc.params().items()}) if alloc else None
+    sched_prefix = f"schedule_params/{schedule}/"
+    params = {k: _take(flat, sched_prefix + k, v) for k, v in space.schedules.get(schedule, {}).items()}
+    hparams = {h: _take(flat, h, getattr(space, h)) for h in HPARAM_TYPES}
+    return _Trial(method, targets, spec, schedule, params, hparams)
+
+
 def trial_run_config(space: SearchSpace, config: Mapping[str, Any], base: RunConfig) -> RunConfig:
     """``base`` with this trial's method, targets, schedule and hyper-parameters (ints kept int).
 
     ``config`` is what Tune hands the trial (nested or '/'-joined; constants may be absent).
     A ``point`` index >= 0 is authoritative: that point's method, targets, schedule and
     hyper-parameters are used whatever else is there (None or -1 means a searched trial).
+    With an allocation, ``targets`` are the fixed layers and ``allocation`` holds the spec
+    the training worker resolves once the dense weights are loaded (``trial_allocation``).
     """
-    flat = flatten_config(config)
-    index = flat.get("point")
-    if index is not None and int(index) >= 0:
-        point = space.points[int(index)]
-        method, schedule, targets, params = point.method, point.schedule, dict(point.targets), dict(point.schedule_params)
-        hparams = _point_hparams(space, point)
+    t = _trial(space, config)
+    if hasattr(base, "allocation"):
+        extra = {"allocation": t.allocation or {}}
+    elif t.allocation:
+        raise TypeError("this trial has an allocation but RunConfig has no 'allocation' field to carry it (raysweep.config)")
     else:
-        method = pruners.get_method(_take(flat, "method", _only(space.methods))).name
-        schedule = str(_take(flat, "schedule", _only(space.schedules)))
-        targets = {k: _target(_take(flat, f"{method}/{k}", v)) for k, v in space.methods[method].items()}
-        prefix = f"schedule_params/{schedule}/"
-        params = {k: _take(flat, prefix + k, v) for k, v in space.schedules.get(schedule, {}).items()}
-        hparams = {h: _take(flat, h, getattr(space, h)) for h in HPARAM_TYPES}
+        extra = {}
     return dataclasses.replace(
-        base, method=method, targets=targets, schedule=schedule,
-        schedule_params=cast_schedule_params(schedule, params),
-        **{h: cast_like(t, hparams[h]) for h, t in HPARAM_TYPES.items()},
+        base, method=t.method, targets=t.targets, schedule=t.schedule,
+        schedule_params=cast_schedule_params(t.schedule, t.params),
+        **{h: cast_like(kind, t.hparams[h]) for h, kind in HPARAM_TYPES.items()}, **extra,
     )  # fmt: skip
 
 
-def trial_targets(space: SearchSpace, config: Mapping[str, Any]) -> dict[str, Target]:
-    """Per-parameter targets of a trial (globs expanded, exact names winning), model order."""
-    run = trial_run_config(space, config, RunConfig(model=space.model, dataset=space.dataset))
-    return pruners.resolve_targets(build_model(space.model, space.dataset), run.targets)
+def trial_allocation(space: SearchSpace, config: Mapping[str, Any]) -> Optional[dict[str, Any]]:
+    """The trial's allocation spec (family, target, perturb, mode, table), or None for per-layer targets."""
+    return _trial(space, config).allocation
+
+
+def trial_targets(space: SearchSpace, config: Mapping[str, Any], model: Optional[Any] = None) -> dict[str, Target]:
+    """Per-parameter targets of a trial (globs expanded, exact names winning, allocations
+    resolved), model order. ``model`` defaults to the space's model without weights, which
+    is enough unless the trial's allocation family ranks weights (global_magnitude, lamp)."""
+    from pruners.allocation import resolve_allocation
+
+    t = _trial(space, config)
+    model = build_model(space.model, space.dataset) if model is None else model
+    if t.allocation:
+        return resolve_allocation(model, t.method, t.targets, t.allocation)
+    return pruners.resolve_targets(model, t.targets)
 
 
 def _plain(value: Any) -> Any:
@@ -337,8 +392,14 @@ def to_mapping(space: SearchSpace) -> dict[str, Any]:
     bar ``source``); a sweep saves it beside its results. Points carry their targets inline."""
     out = {f.name: getattr(space, f.name) for f in dataclasses.fields(space) if f.name in SPACE_KEYS}
     out.update(asha=dataclasses.asdict(space.asha), resources=dataclasses.asdict(space.resources))
+    out["methods"] = {m: {**t, **_allocation_yaml(space.allocations.get(m))} for m, t in space.methods.items()}
     out["points"] = [
-        {"method": p.method, "ratios": p.targets, "schedule": p.schedule, "schedule_params": p.schedule_params, "label": p.label, **p.hparams}
+        {"method": p.method, "ratios": p.targets, **_allocation_yaml(p.allocation), "schedule": p.schedule,
+         "schedule_params": p.schedule_params, "label": p.label, **p.hparams}
         for p in space.points
-    ]
+    ]  # fmt: skip
     return _plain(out)
+
+
+def _allocation_yaml(alloc: Optional[Allocation]) -> dict[str, Any]:
+    return {ALLOCATION_KEY: alloc.to_yaml()} if alloc else {}

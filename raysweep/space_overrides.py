@@ -1,9 +1,10 @@
 """Reading a space's text: a YAML loader that knows ``5e-4``, and ``--set key=value`` overrides.
 
 Overrides edit the raw mapping before it is checked, so a bad override is reported like any
-other problem. Keys are dotted paths; under ``methods.<m>.``, ``ratios.`` and
-``points.<i>.ratios.`` the rest is one parameter name or glob (dots included), and a quoted
-segment or one with ``*`` is taken whole.
+other problem. Keys are dotted paths; under ``methods.<m>.``, ``ratios.``,
+``points.<i>.ratios.`` and ``<any of those>.allocation.perturb.`` the rest is one parameter
+name or glob (dots included), except ``allocation`` itself (``methods.irregular.allocation.target``);
+a quoted segment or one with ``*`` is taken whole.
 """
 from __future__ import annotations
 
@@ -17,6 +18,8 @@ from raysweep.space_validate import Problems
 
 # Keys under which the rest of a --set key is one parameter name or glob (dots included).
 _NAME_PARENTS = (("methods", None), ("ratios",), ("points", None, "ratios"))
+_ALLOCATION = "allocation"  # a method's allocation section: its fields are keys, not names
+_PERTURB_PARENTS = (("methods", None, _ALLOCATION, "perturb"), ("ratios", _ALLOCATION, "perturb"), ("points", None, _ALLOCATION, "perturb"))
 
 
 class _Loader(yaml.SafeLoader):
@@ -50,15 +53,19 @@ def _tokens(key: str) -> list[tuple[str, bool]]:
     return out + [(buf, quoted)]
 
 
-def _takes_name(path: list[str]) -> bool:
-    return any(len(path) == len(p) and all(a is None or a == b for a, b in zip(p, path)) for p in _NAME_PARENTS)
+def _matches(path: list[str], parents: tuple) -> bool:
+    return any(len(path) == len(p) and all(a is None or a == b for a, b in zip(p, path)) for p in parents)
+
+
+def _takes_name(path: list[str], segment: str) -> bool:
+    return (_matches(path, _NAME_PARENTS) and segment != _ALLOCATION) or _matches(path, _PERTURB_PARENTS)
 
 
 def override_path(key: str) -> list[str]:
     """``methods.irregular.features.0.weight`` -> ['methods', 'irregular', 'features.0.weight']."""
     tokens, path = _tokens(key.strip()), []
     for i, (text, quoted) in enumerate(tokens):
-        if quoted or "*" in text or _takes_name(path):
+        if quoted or "*" in text or _takes_name(path, text):
             path.append(".".join(t for t, _ in tokens[i:]))
             break
         path.append(text)

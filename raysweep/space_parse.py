@@ -13,6 +13,13 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import pruners
+from raysweep.space_allocation import (
+    ALLOCATION_KEY,
+    Allocation,
+    check_allocation,
+    parse_allocation,
+    searched,
+)
 from raysweep.space_validate import (
     MODES,
     OBJECTIVES,
@@ -77,7 +84,7 @@ RESOURCE_CHECKS: dict[str, Check] = {
     "gpus_per_worker": number_above(0.0, inclusive=True),
 }
 ASHA_CHECKS: dict[str, Check] = {"grace_period": int_at_least(1), "reduction_factor": number_above(1.0)}
-POINT_KEYS = ("method", "config_file", "ratios", "schedule", "schedule_params", "label", *HPARAM_CHECKS)
+POINT_KEYS = ("method", "config_file", "ratios", "allocation", "schedule", "schedule_params", "label", *HPARAM_CHECKS)
 
 # What a space that leaves a key out gets (the same values as SearchSpace's defaults).
 RAW_DEFAULTS: dict[str, Any] = {
@@ -151,10 +158,12 @@ def parse_targets(method: str, raw: Mapping, where: str, problems: Problems, *, 
     return out
 
 
-def parse_methods(raw: Any, shared: Any, problems: Problems) -> dict[str, dict[str, Any]]:
-    """Canonical method -> its target space; shared ``ratios`` fill in what a method leaves out."""
+def parse_methods(raw: Any, shared: Any, problems: Problems) -> tuple[dict[str, dict[str, Any]], dict[str, Allocation]]:
+    """(canonical method -> its target space, method -> its allocation section); shared
+    ``ratios`` fill in what a method leaves out. With an allocation the targets are the fixed layers."""
     ratios = _mapping(shared, "ratios", problems)
     out: dict[str, dict[str, Any]] = {}
+    allocations: dict[str, Allocation] = {}
     spelled: dict[str, str] = {}
     for name, targets in _names(raw, "methods", problems).items():
         try:
@@ -168,9 +177,13 @@ def parse_methods(raw: Any, shared: Any, problems: Problems) -> dict[str, dict[s
         spelled[method] = name
         merged = {**ratios, **_mapping(targets, where, problems)}
         if not merged:
-            problems.add(where, "no targets: give per-layer targets or a shared 'ratios'")
+            problems.add(where, "no targets: give per-layer targets, an allocation or a shared 'ratios'")
+        if ALLOCATION_KEY in merged:
+            alloc = parse_allocation(method, merged.pop(ALLOCATION_KEY), join(where, ALLOCATION_KEY), problems)
+            if alloc is not None:
+                allocations[method] = alloc
         out[method] = parse_targets(method, merged, where, problems)
-    return out
+    return out, allocations
 
 
 def parse_schedules(raw: Any, problems: Problems) -> dict[str, dict[str, Any]]:
@@ -194,8 +207,15 @@ def parse_point(i: int, raw: Any, space: Mapping[str, Any], problems: Problems) 
     except ValueError as err:
         problems.add(join(where, "method"), str(err))
         return None
-    if ("config_file" in values) == ("ratios" in values):
-        problems.add(where, "give exactly one of 'config_file' (a ratio YAML) or 'ratios'")
+    allocation = None
+    if "allocation" in values:
+        allocation = parse_allocation(method, values["allocation"], join(where, "allocation"), problems, fixed=True)
+        if allocation is None or "config_file" in values:
+            if "config_file" in values:
+                problems.add(where, "an allocation point takes optional 'ratios' (its fixed layers), not a 'config_file'")
+            return None
+    elif ("config_file" in values) == ("ratios" in values):
+        problems.add(where, "give exactly one of 'config_file' (a ratio YAML), 'ratios' or 'allocation'")
         return None
     config_file, targets = None, {}
     if "config_file" in values:
@@ -204,7 +224,8 @@ def parse_point(i: int, raw: Any, space: Mapping[str, Any], problems: Problems) 
             problems.add(join(where, "config_file"), f"file not found: {config_file}")
             return None
     try:
-        targets = pruners.load_ratio_config(config_file or _mapping(values["ratios"], where, problems))
+        if config_file or values.get("ratios") or allocation is None:
+            targets = pruners.load_ratio_config(config_file or _mapping(values.get("ratios"), where, problems))
     except ValueError as err:
         problems.add(where, "; ".join(line.strip() for line in str(err).splitlines()))
         return None
@@ -218,7 +239,7 @@ def parse_point(i: int, raw: Any, space: Mapping[str, Any], problems: Problems) 
     given = parse_schedule_params(schedule, values.get("schedule_params"), join(where, "schedule_params"), problems, fixed=True)
     hparams = {k: parse_param(values[k], join(where, k), c, problems, fixed=True) for k, c in HPARAM_CHECKS.items() if k in values}
     label = values.get("label") or (config_file.stem if config_file else f"{method}-point{i}")
-    return Point(method, targets, schedule, {**defaults, **given}, hparams, str(label), config_file)
+    return Point(method, targets, schedule, {**defaults, **given}, hparams, str(label), config_file, allocation)
 
 
 def _grid_problems(out: Mapping[str, Any], problems: Problems) -> None:
@@ -229,7 +250,9 @@ def _grid_problems(out: Mapping[str, Any], problems: Problems) -> None:
         return
     # Tune crosses every axis, including the choices of methods/schedules a trial does not use.
     size = lambda entries: math.prod(len(candidates(v)) for v in entries.values() if v is not None)  # noqa: E731
-    methods, schedules = out.get("methods", {}), out.get("schedules", {})
+    allocations = out.get("allocations", {})
+    methods = {m: {**t, **(allocations[m].params() if m in allocations else {})} for m, t in out.get("methods", {}).items()}
+    schedules = out.get("schedules", {})
     shared = math.prod(len(candidates(out[h])) for h in HPARAM_CHECKS if out.get(h) is not None)
     wanted = shared * sum(map(size, methods.values())) * sum(map(size, schedules.values()))
     total = shared * max(len(methods), 1) * max(len(schedules), 1) * math.prod(map(size, [*methods.values(), *schedules.values()]))
@@ -243,6 +266,8 @@ def _searched(out: Mapping[str, Any]) -> list[tuple[str, Dist]]:
     for section in ("methods", "schedules"):
         for name, entries in out.get(section, {}).items():
             found += [(f"{section}.{name}.{k}", v) for k, v in entries.items() if isinstance(v, Dist)]
+    for name, alloc in out.get("allocations", {}).items():
+        found += searched(f"methods.{name}", alloc)
     return found
 
 
@@ -286,9 +311,13 @@ def _model_problems(out: Mapping[str, Any], problems: Problems) -> None:
         return
     for method, targets in out.get("methods", {}).items():
         check_targets(model, method, targets, join("methods", method), problems)
+        if method in out.get("allocations", {}):
+            check_allocation(model, out["allocations"][method], targets, f"methods.{method}.allocation", problems)
     for i, point in enumerate(out.get("points", [])):
         if point is not None:
             check_targets(model, point.method, point.targets, f"points[{i}].ratios", problems)
+            if point.allocation is not None:
+                check_allocation(model, point.allocation, point.targets, f"points[{i}].allocation", problems)
 
 
 def parse_space(raw: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
@@ -300,7 +329,7 @@ def parse_space(raw: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
     out["resources"] = _section(values["resources"], "resources", Resources, RESOURCE_CHECKS, problems)
     out["asha"] = _section(values["asha"], "asha", Asha, ASHA_CHECKS, problems)
     out["objectives"] = parse_objectives(values["objectives"], problems)
-    out["methods"] = parse_methods(values["methods"], values["ratios"], problems)
+    out["methods"], out["allocations"] = parse_methods(values["methods"], values["ratios"], problems)
     out["schedules"] = parse_schedules(values["schedules"], problems)
     raw_points = values["points"] if isinstance(values["points"], list) else []
     if not isinstance(values["points"], (list, type(None))):

@@ -17,11 +17,14 @@ import numbers
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Mapping, Optional, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 import pruners
+
+if TYPE_CHECKING:
+    from raysweep.space_allocation import Allocation
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +109,7 @@ class Point:
     hparams: dict[str, Any] = field(default_factory=dict)  # epochs/lr/batch_size/wd set by the point
     label: str = ""
     config_file: Optional[Path] = None
+    allocation: Optional[Allocation] = None  # targets are then the fixed layers; the rest is allocated
 
 
 @dataclass

@@ -6,6 +6,7 @@ import random
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
 import pruners
@@ -20,20 +21,36 @@ from raysweep.space import (
     override_path,
     to_mapping,
     to_tune,
+    trial_allocation,
     trial_run_config,
     trial_targets,
 )
-from raysweep.space_validate import build_model
+from raysweep.space_validate import Dist, build_model
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 REFERENCE = SPACES_DIR / "reference"
 SEED = Path("/work/shared/seed/prune_config")
-SHIPPED = ["cifar10_resnet56", "cifar10_vgg16", "digits", "imagenet_resnet18"]
+SHIPPED = ["cifar10_resnet56", "cifar10_vgg16", "digits", "digits_allocation", "imagenet_resnet18"]
 DOCUMENTED_KEYS = {
     "name", "model", "dataset", "data_root", "dense", "dense_epochs", "dense_lr", "trials", "search",
     "sampler", "seed", "scheduler", "asha", "objectives", "resources", "epochs", "lr", "batch_size", "wd",
     "methods", "ratios", "schedules", "points",
 }  # fmt: skip
+# RunConfig.allocation carries a trial's allocation to the workers (raysweep.config); until that
+# field exists there, a subclass stands in so trial_run_config is tested either way.
+ALLOC_RUN_CONFIG = (
+    RunConfig
+    if "allocation" in {f.name for f in dataclasses.fields(RunConfig)}
+    else dataclasses.make_dataclass("AllocRunConfig", [("allocation", dict, dataclasses.field(default_factory=dict))], bases=(RunConfig,))
+)
+
+
+def real_model(name: str, dataset: str):
+    """The model with real (random) weights: what weight-based allocation families rank."""
+    from raysweep.models import create_model
+
+    torch.manual_seed(0)
+    return create_model(name, dataset=dataset)
 
 
 def sample(domain_tree: dict, rng: random.Random) -> dict:
@@ -64,8 +81,11 @@ def test_shipped_space_loads_validates_and_converts(name):
     model = build_model(space.model, space.dataset)
     for method in space.methods:  # every method, with sampled values, resolves on the model
         cfg = sample({**param_space, "method": method}, random.Random(0))
-        run = trial_run_config(space, cfg, RunConfig())
-        assert run.method == method and pruners.resolve_targets(model, run.targets)
+        run = trial_run_config(space, cfg, ALLOC_RUN_CONFIG())
+        assert run.method == method and (pruners.resolve_targets(model, run.targets) or method in space.allocations)
+        if method in space.allocations:  # allocation families resolve with the dense weights
+            targets = trial_targets(space, cfg, real_model(space.model, space.dataset))
+            assert run.allocation and set(targets) == set(pruners.prunable_parameters(model))
 
 
 def test_shipped_paths_resolve_against_the_working_directory(tmp_path, monkeypatch):
@@ -251,3 +271,165 @@ def test_to_mapping_round_trips():
     space = load_space("digits")
     again = load_space(yaml.safe_load(yaml.safe_dump(to_mapping(space))))
     assert dataclasses.replace(again, source=space.source) == space
+
+
+# ------------------------------------------------------------------------- allocation sections
+ALLOCATION_SPACE = {
+    "trials": 2,
+    "methods": {
+        "irregular": {
+            "allocation": {
+                "family": {"choice": ["erk", "lamp", "uniform"]},
+                "target": {"uniform": [0.5, 0.95]},
+                "perturb": {"features.*": {"uniform": [-0.1, 0.1]}},
+            },
+            "features.0.weight": 0.0,
+        },
+        "nm": {"*": "m4n2", "features.0.weight": 0.0},
+    },
+}  # fmt: skip
+DIGITS_SIZES = {"features.0.weight": 144, "features.3.weight": 4608, "features.7.weight": 18432, "classifier.0.weight": 16384, "classifier.2.weight": 640}
+
+
+def removed(targets: dict) -> int:
+    return sum(pruners.selection.count_for_ratio(r, DIGITS_SIZES[n]) for n, r in targets.items())
+
+
+def real_digits_model():
+    return real_model("digits_cnn", "digits")
+
+
+def test_allocation_space_tune_domains_and_trials():
+    from ray.tune.search.sample import Categorical, Float
+
+    space = load_space(ALLOCATION_SPACE)
+    assert space.methods["irregular"] == {"features.0.weight": 0.0} and list(space.allocations) == ["irregular"]
+    param_space, _ = to_tune(space)
+    flat = flatten_config(param_space)
+    assert isinstance(flat["irregular/allocation/family"], Categorical)
+    assert flat["irregular/allocation/family"].categories == ["erk", "lamp", "uniform"]
+    assert isinstance(flat["irregular/allocation/target"], Float) and isinstance(flat["irregular/allocation/perturb/features.*"], Float)
+    rng, model = random.Random(0), real_digits_model()
+    seen = set()
+    for _ in range(12):
+        cfg = {**sample(param_space, rng), "method": "irregular"}
+        spec = trial_allocation(space, cfg)
+        alloc = cfg["irregular"]["allocation"]
+        assert spec == {"family": alloc["family"], "target": alloc["target"], "perturb": {"features.*": alloc["perturb"]["features.*"]}, "mode": "add"}
+        run = trial_run_config(space, cfg, ALLOC_RUN_CONFIG())
+        assert run.method == "irregular" and run.targets == {"features.0.weight": 0.0} and run.allocation == spec
+        targets = trial_targets(space, cfg, model)
+        assert targets["features.0.weight"] == 0.0 and removed(targets) == pruners.selection.count_for_ratio(spec["target"], 40208)
+        seen.add(spec["family"])
+    assert seen == {"erk", "lamp", "uniform"}
+    nm_cfg = {**sample(param_space, rng), "method": "nm"}
+    assert trial_allocation(space, nm_cfg) is None and trial_targets(space, nm_cfg)["features.3.weight"] == "m4n2"
+    assert ALLOC_RUN_CONFIG().allocation == {}  # a per-layer trial leaves the base's (empty) allocation
+
+
+def test_weight_families_need_real_weights_and_erk_does_not():
+    space = load_space(ALLOCATION_SPACE)
+    cfg = {"method": "irregular", "irregular": {"allocation": {"family": "lamp", "target": 0.8, "perturb": {"features.*": 0.0}}}}
+    with pytest.raises(ValueError, match="dense weights"):
+        trial_targets(space, cfg)  # the space's model on the meta device has no values
+    cfg["irregular"]["allocation"]["family"] = "erk"
+    assert removed(trial_targets(space, cfg)) == pruners.selection.count_for_ratio(0.8, 40208)
+
+
+def test_allocation_problems_are_reported_at_once():
+    bad = {
+        "trials": 2,
+        "methods": {
+            "irregular": {
+                "allocation": {"family": {"choice": ["erk", "lampp"]}, "target": {"uniform": [0.5, 1.2]}, "perturb": {"feature.*": 0.1}, "mode": "scale"},
+                "features.0.weight": 0.0,
+            },
+            "filter": {"allocation": {"family": "uniform", "target": 1.0, "perturb": {"features.3.weight": 2}}, "features.0.weight": 0.0},
+            "stripe": {"allocation": {"family": "sensitivity", "target": 0.5, "tabel": "x.csv"}},
+            "nm": {"allocation": {"family": "erk", "target": 0.5}},
+            "pattern": {"allocation": {"family": "erk", "target": 0.5}},
+        },
+    }  # fmt: skip
+    with pytest.raises(SpaceError) as info:
+        load_space(bad)
+    assert info.value.problems == [
+        "methods.irregular.allocation.mode: unknown perturb mode 'scale' (known: add, mul)",
+        ("methods.irregular.allocation.family: unknown allocation family 'lampp'; did you mean 'lamp'? "
+         "(known: uniform, erk, global_magnitude, lamp, sensitivity)"),
+        "methods.irregular.allocation.target: the global target is a fraction of prunable weights removed in [0, 1], got 1.2",
+        "methods.filter.allocation.perturb.features.3.weight: an offset (mode add) must be a number in [-1, 1], got 2",
+        "methods.stripe.allocation: unknown key 'tabel'; did you mean 'table'?",
+        "methods.stripe.allocation.table: the 'sensitivity' family needs a table: the sensitivity.csv written by python -m raysweep.sensitivity",
+        ("methods.nm.allocation: allocation families set a ratio per layer; method 'nm' has no free per-layer ratio "
+         "(allocation works with irregular, filter, stripe): give nm's targets per layer"),
+        ("methods.pattern.allocation: allocation families set a ratio per layer; method 'pattern' has no free per-layer ratio "
+         "(allocation works with irregular, filter, stripe): give pattern's targets per layer"),
+        "methods.irregular.allocation.perturb: 'feature.*' matches no prunable parameter; closest: features.7.weight, features.3.weight, features.0.weight",
+        "methods.filter.allocation.target: 1.0 cannot be met: the fixed layers keep at least 144 of the 40208 prunable weights (at most 0.9964)",
+    ]  # fmt: skip
+
+
+def write_table(path: Path, layers=tuple(DIGITS_SIZES)) -> Path:
+    rows = ["layer,ratio,accuracy,accuracy_drop,dense_accuracy"]
+    for i, layer in enumerate(layers):
+        rows += [f"{layer},{r},{0.98 - d},{d},0.98" for r, d in ((0.5, 0.01 * i), (0.9, 0.05 * (i + 1)))]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def test_sensitivity_family_table_relative_to_the_space_file_and_inline(tmp_path, monkeypatch):
+    folder = tmp_path / "spaces"
+    folder.mkdir()
+    write_table(folder / "sensitivity.csv")
+    (folder / "sens.yaml").write_text(yaml.safe_dump({
+        "trials": 1,
+        "methods": {"irregular": {"allocation": {"family": "sensitivity", "target": {"uniform": [0.4, 0.8]}, "table": "sensitivity.csv"}}},
+    }))  # fmt: skip
+    monkeypatch.chdir(tmp_path)
+    space = load_space(folder / "sens.yaml")
+    alloc = space.allocations["irregular"]
+    assert alloc.table == str(folder / "sensitivity.csv") and set(alloc.table_data["curves"]) == set(DIGITS_SIZES)
+    cfg = {"method": "irregular", "irregular": {"allocation": {"target": 0.6}}}
+    spec = trial_allocation(space, cfg)
+    assert spec["table"] == alloc.table_data  # inline: workers need no file
+    targets = trial_targets(space, cfg)
+    assert removed(targets) == pruners.selection.count_for_ratio(0.6, 40208)
+    assert targets["features.0.weight"] > targets["classifier.2.weight"]  # the least sensitive layer prunes most
+    assert dataclasses.replace(load_space(to_mapping(space)), source=space.source) == space
+    write_table(folder / "sensitivity.csv", layers=("features.0.weight", "features.3.weight"))
+    with pytest.raises(SpaceError, match=r"has no rows for features\.7\.weight, classifier\.0\.weight, classifier\.2\.weight"):
+        load_space(folder / "sens.yaml")
+
+
+def test_allocation_overrides_points_and_round_trip():
+    overrides = [
+        "methods.irregular.allocation.family=lamp",
+        "methods.irregular.allocation.perturb.classifier.0.weight=0.05",
+        'methods.irregular.allocation.perturb."features.*"={choice: [-0.1, 0.1]}',
+    ]  # fmt: skip
+    space = load_space({**ALLOCATION_SPACE, "points": [
+        {"method": "filter", "allocation": {"family": "erk", "target": 0.4}, "ratios": {"classifier.2.weight": 0.0}, "label": "erk-filter"},
+    ]}, overrides)  # fmt: skip
+    alloc = space.allocations["irregular"]
+    assert alloc.family == "lamp" and alloc.perturb == {"features.*": Dist("choice", (-0.1, 0.1)), "classifier.0.weight": 0.05}
+    point = space.points[0]
+    assert point.targets == {"classifier.2.weight": 0.0} and point.allocation.family == "erk"
+    _, points = to_tune(space)
+    spec = {"family": "erk", "target": 0.4, "perturb": {}, "mode": "add"}
+    assert trial_allocation(space, points[0]) == spec
+    run = trial_run_config(space, points[0], ALLOC_RUN_CONFIG())
+    assert (run.method, run.targets, run.allocation) == ("filter", {"classifier.2.weight": 0.0}, spec)
+    targets = trial_targets(space, points[0])
+    assert targets["classifier.2.weight"] == 0.0 and removed(targets) == pruners.selection.count_for_ratio(0.4, 40208)
+    assert dataclasses.replace(load_space(yaml.safe_load(yaml.safe_dump(to_mapping(space)))), source=None) == space
+
+
+def test_allocation_grid_and_point_rules():
+    grid = {"search": "grid", "trials": 1, "methods": {"irregular": {"allocation": {"family": {"choice": ["erk", "uniform"]}, "target": {"uniform": [0.5, 0.9]}}}}}
+    with pytest.raises(SpaceError, match=r"found uniform at methods\.irregular\.allocation\.target"):
+        load_space(grid)
+    grid["methods"]["irregular"]["allocation"]["target"] = {"choice": [0.5, 0.9]}
+    param_space, _ = to_tune(load_space(grid))
+    assert param_space["irregular"]["allocation"] == {"family": {"grid_search": ["erk", "uniform"]}, "target": {"grid_search": [0.5, 0.9]}}
+    with pytest.raises(SpaceError, match="not a 'config_file'"):
+        load_space({"trials": 0, "points": [{"method": "irregular", "allocation": {"family": "erk", "target": 0.5}, "config_file": str(REFERENCE / "vgg16_cifar10_irre.yaml")}]})
