@@ -27,7 +27,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import parametrize
 
-__all__ = ["ChannelGroup", "channel_groups", "index_channels", "is_depthwise"]
+__all__ = ["ChannelGroup", "channel_groups", "index_channels", "is_depthwise", "trace"]
 
 logger = logging.getLogger(__name__)
 
@@ -306,12 +306,11 @@ class _Builder:
         return out
 
 
-def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
-    """Every channel group of ``model``, in the order the model computes them.
+def trace(model: nn.Module, example_input: torch.Tensor) -> fx.GraphModule:
+    """``model`` as an fx graph (conv/linear/norm layers are leaves) with shapes in ``node.meta``.
 
-    ``example_input`` (a batch, e.g. ``torch.randn(1, 3, 32, 32)``) fixes the shapes, which
-    give flatten blocks (Linear ``in_features = C*H*W``). The forward runs in eval mode under
-    ``no_grad``; BatchNorm statistics and training flags are left as they were.
+    The forward runs in eval mode under ``no_grad``; BatchNorm statistics and training flags
+    are left as they were.
     """
     tracer = _Tracer()
     graph = tracer.trace(model)
@@ -324,7 +323,16 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
     finally:
         for m, mode in modes.items():
             m.train(mode)
-    builder = _Builder(gm)
+    return gm
+
+
+def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
+    """Every channel group of ``model``, in the order the model computes them.
+
+    ``example_input`` (a batch, e.g. ``torch.randn(1, 3, 32, 32)``) fixes the shapes, which
+    give flatten blocks (Linear ``in_features = C*H*W``); see ``trace``.
+    """
+    builder = _Builder(trace(model, example_input))
     builder.run()
     groups = builder.groups()
     logger.debug("%d channel groups, %d free", len(groups), sum(g.free for g in groups))
