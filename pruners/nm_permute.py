@@ -31,7 +31,6 @@ from pruners.permutation_search import (
     NMTerm,
     invariant_reason,
     nm_term,
-    retained_magnitude,
     search_terms,
 )
 from pruners.ratio_config import resolve_targets
@@ -155,14 +154,16 @@ def permute_for_nm(
     max_rounds: int = 50,
     window: int = 128,
     seed: int = 0,
+    device: torch.device | str | None = None,
 ) -> PermuteReport:
     """Permute, in place, every free channel group read by a layer with an ``mXnY`` target.
 
     ``targets`` is what ``pruners.prepare`` takes (names or globs -> targets; ratio targets
     are ignored). ``time_budget_s`` bounds each group's search (None: only ``max_rounds``
-    bounds it, and the result is deterministic for a ``seed``); ``window``: see ``search_terms``. Layers
-    whose input channels cannot be permuted (the model input, a fixed group, a layer N:M
-    leaves dense, a flatten block inside one N:M group) are listed in ``report.skipped``.
+    bounds it, and the result is deterministic for a ``seed``); ``window``: see ``search_terms``.
+    ``device`` runs the search there (e.g. the trial's GPU); the model stays where it is.
+    Layers whose input channels cannot be permuted (the model input, a fixed group, a layer
+    N:M leaves dense, a flatten block inside one N:M group) are listed in ``report.skipped``.
     """
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         raise TypeError("permute_for_nm() must run before wrapping the model in DDP/DataParallel")
@@ -186,7 +187,8 @@ def permute_for_nm(
             continue
         with torch.no_grad():
             result = search_terms(
-                terms, time_budget_s=time_budget_s, max_rounds=max_rounds, window=window, seed=seed
+                terms, time_budget_s=time_budget_s, max_rounds=max_rounds, window=window, seed=seed,
+                device=None if device is None else torch.device(device),
             )
             applied = not torch.equal(result.perm, torch.arange(group.size))
             if applied:
@@ -196,10 +198,8 @@ def permute_for_nm(
             group.size, layers, group.residual, result.before, result.after, result.seconds,
             result.swaps, result.rounds, result.stopped, applied,
         ))  # fmt: skip
-        for name, term in zip(layers, terms):
-            report.layers[name] = LayerGain(
-                name, nm[name], retained_magnitude([term]), retained_magnitude([term], result.perm), gi, result.seconds
-            )
+        for name, before, after in zip(layers, result.terms_before, result.terms_after):
+            report.layers[name] = LayerGain(name, nm[name], before, after, gi, result.seconds)
     for name in nm:
         if name not in consumed and name not in report.skipped:
             report.skipped[name] = "its input channels belong to no channel group the tracer found"

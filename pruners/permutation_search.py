@@ -31,7 +31,7 @@ import logging
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -104,8 +104,8 @@ def retained_magnitude(terms: Sequence[NMTerm], perm: torch.Tensor | None = None
     for t in terms:
         x = t.mags if perm is None else t.mags[perm.to(t.mags.device)]
         c, r, b = x.shape
-        groups = x.to(torch.float64).permute(1, 0, 2).reshape(r, c * b // t.m, t.m)
-        total += float(groups.topk(t.n, dim=2).values.sum())
+        groups = x.permute(1, 0, 2).reshape(r, c * b // t.m, t.m)
+        total += float(groups.topk(t.n, dim=2).values.sum(dtype=torch.float64))
     return total
 
 
@@ -120,6 +120,8 @@ class PermutationResult:
     swaps: int  # improving swaps applied, all descents together
     rounds: int  # descents after the first (escapes, or windows)
     stopped: str  # "converged" (no rounds asked), "rounds" or "time" (then not reproducible)
+    terms_before: list[float] = field(default_factory=list)  # per term, summing to ``before``
+    terms_after: list[float] = field(default_factory=list)
 
     @property
     def gain(self) -> float:
@@ -137,12 +139,13 @@ def _rows_fast(xt: torch.Tensor, members: torch.Tensor, n: int, chunk_elems: int
     is one clamped difference and one matmul (chunks keep the temporaries in cache: 2x faster).
     """
     v = xt[members]  # (M, R)
-    s, idx = v.topk(n + 1, dim=0)
+    s = v.sort(dim=0, descending=True).values  # M is small: sort beats topk along dim 0
     t_hi, t_lo = s[n - 1], s[n]
     delta = t_hi - t_lo
-    ind = torch.zeros(v.shape[0] + 1, v.shape[1], dtype=v.dtype, device=v.device)
-    ind[:-1].scatter_(0, idx[:n], 1.0)  # member in the row's top n
-    ind[-1] = 1.0  # a row of ones: the matmul also sums min(y, delta) over rows
+    ind = torch.ones(v.shape[0] + 1, v.shape[1], dtype=v.dtype, device=v.device)
+    # Member in the row's top n. On a tie at t_hi with t_lo == t_hi more than n are marked,
+    # harmlessly: both cases then give the same D (delta == 0 and t_lo - v == 0).
+    ind[:-1] = v >= t_hi  # the last row stays ones: the matmul also sums min(y, delta)
     base = (ind[:-1] * (t_lo - v)).sum(1)
     c, r = xt.shape
     step = max(1, chunk_elems // max(r, 1))
@@ -295,7 +298,8 @@ def search_terms(
     start = time.perf_counter()
     deadline = None if time_budget_s is None else start + float(time_budget_s)
     c = sizes.pop()
-    before = retained_magnitude(terms)
+    terms_before = [retained_magnitude([t]) for t in terms]
+    before = sum(terms_before)
     block = math.lcm(*(t.channels_per_group for t in terms))  # a window holds whole groups of every term
     device = device or terms[0].mags.device
     gen = torch.Generator().manual_seed(seed)
@@ -307,13 +311,14 @@ def search_terms(
     else:
         blocks = max(2, window // block)
         perm, swaps, rounds, stopped = _search_windows(terms, device, deadline, tol, max_rounds, blocks, block, gen)
-    after = retained_magnitude(terms, perm)
+    terms_after = [retained_magnitude([t], perm) for t in terms]
+    after = sum(terms_after)
     if after < before:  # float32 rounding in D could only ever cost a hair: keep the identity
-        perm, after = torch.arange(c), before
+        perm, after, terms_after = torch.arange(c), before, list(terms_before)
     assert after >= before, "the search returned a permutation worse than the identity"
     seconds = time.perf_counter() - start
     logger.debug("N:M permutation of %d channels: %.6g -> %.6g in %.2f s (%s)", c, before, after, seconds, stopped)
-    return PermutationResult(perm, before, after, seconds, swaps, rounds, stopped)
+    return PermutationResult(perm, before, after, seconds, swaps, rounds, stopped, terms_before, terms_after)
 
 
 def _search_whole(
