@@ -14,7 +14,7 @@ the cost of a search bounded per channel group. This prints what it buys:
    --prune_type nm`` twice, without and with ``--nm_permute`` (the flag the loop integration
    adds; the script says so and stops if ``raysweep.prune`` does not have it yet).
 
-    python benchmarks/bench_nm_permute.py [--budget 5] [--max-rounds 50] [--window 128]
+    python benchmarks/bench_nm_permute.py [--budget 5] [--max-rounds 200] [--window 64]
         [--models vgg16,resnet56] [--targets m4n2,m8n4] [--seeds 0,1,2] [--threads 1]
         [--skip-magnitude] [--finetune [--ft-epochs 5] [--out DIR]]
 """
@@ -151,8 +151,8 @@ def _csv(kind):
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--budget", type=float, default=5.0, help="time budget per channel group, seconds")
-    p.add_argument("--max-rounds", type=int, default=50, help="escapes / windows after the first descent")
-    p.add_argument("--window", type=int, default=128, help="channels per window on wider layers")
+    p.add_argument("--max-rounds", type=int, default=200, help="escapes / windows after the first descent")
+    p.add_argument("--window", type=int, default=64, help="channels per window on wider layers")
     p.add_argument("--models", type=_csv(str), default=["vgg16", "resnet56"])
     p.add_argument("--targets", type=_csv(str), default=["m4n2", "m8n4"])
     p.add_argument("--seeds", type=_csv(int), default=[0, 1, 2], help="digits training seeds")

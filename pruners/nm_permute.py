@@ -151,8 +151,8 @@ def permute_for_nm(
     example_input: torch.Tensor,
     *,
     time_budget_s: float | None = 5.0,
-    max_rounds: int = 50,
-    window: int = 128,
+    max_rounds: int = 100,
+    window: int = 64,
     seed: int = 0,
     device: torch.device | str | None = None,
 ) -> PermuteReport:
