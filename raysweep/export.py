@@ -118,14 +118,22 @@ def export_program(model: nn.Module, example: torch.Tensor) -> torch.export.Expo
 
 
 def save_model(model: nn.Module, example: torch.Tensor, out: str | Path) -> str:
-    """Save ``model`` to ``out`` with ``torch.export``, else TorchScript; returns the format used."""
+    """Save ``model`` to ``out`` with ``torch.export``, else TorchScript; returns the format used.
+
+    The fallback scripts the model (control flow kept); only if scripting fails too does it
+    trace, which freezes data-dependent branches to the example's path (logged).
+    """
     try:
         torch.export.save(export_program(model, example), str(out))
         return "torch.export"
-    except Exception as exc:  # noqa: BLE001 -- any capture failure falls back to TorchScript, which traces
+    except Exception as exc:  # noqa: BLE001 -- any capture failure falls back to TorchScript
         log.warning("torch.export failed (%s); saving TorchScript instead", _first_line(exc))
-    with torch.no_grad():
-        scripted = torch.jit.trace(model.eval(), example)
+    try:
+        scripted = torch.jit.script(model.eval())
+    except Exception as exc:  # noqa: BLE001 -- unscriptable Python: trace instead
+        log.warning("torch.jit.script failed (%s); tracing: data-dependent branches follow the example", _first_line(exc))
+        with torch.no_grad():
+            scripted = torch.jit.trace(model.eval(), example)
     torch.jit.save(scripted, str(out))
     return "torchscript"
 
