@@ -9,9 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
-import tempfile
 import time
-from pathlib import Path
 from typing import Any, Optional
 
 import torch
@@ -23,10 +21,11 @@ import pruners
 from raysweep.config import RunConfig
 from raysweep.data import build_datasets
 from raysweep.models import create_model
+from raysweep.session import CHECKPOINT_FILE, LoopSession, TrainSession
 
 log = logging.getLogger("raysweep.loop")
 
-CHECKPOINT_FILE = "checkpoint.pt"
+__all__ = ["CHECKPOINT_FILE", "load_weights", "run_loop", "train_loop_per_worker"]
 
 
 def load_weights(model: nn.Module, path: str) -> None:
@@ -154,18 +153,20 @@ def _quiet_report_lines() -> None:
 
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
-    import ray.train
-    import ray.train.torch
-
+    """Ray Train's entry point: the loop in one rank of the worker group."""
     _quiet_report_lines()
+    run_loop(config, TrainSession())
+
+
+def run_loop(config: dict[str, Any], session: LoopSession) -> None:
+    """``config``: ``{"run": RunConfig.to_dict(), "run_dir": folder for run.log or ""}``."""
     cfg = RunConfig.from_dict(config["run"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.world_rank, session.world_size
     if rank == 0:
         _attach_run_log(config.get("run_dir"))
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
-    device = ray.train.torch.get_device()
+    device = session.device()
 
     train_ds, val_ds, info = build_datasets(cfg.dataset, cfg.data_root)
     model = create_model(cfg.model, num_classes=info.num_classes, dataset=cfg.dataset, pretrained=cfg.pretrained)
@@ -187,11 +188,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     # Carried in every checkpoint, so a restarted or resumed run keeps its whole history.
     state: dict[str, Any] = {"epoch": -1, "best_accuracy": float("nan"), "train_s": 0.0, "history": []}
-    checkpoint = ray.train.get_checkpoint()
-    saved = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            saved = torch.load(os.path.join(d, CHECKPOINT_FILE), map_location="cpu", weights_only=True)
+    saved = session.resume_payload()
+    if saved is not None:
         model.load_state_dict(saved["model"])
         state.update({k: saved[k] for k in state})
         if rank == 0:
@@ -199,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     if cfg.sync_bn and world > 1:
         model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = ray.train.torch.prepare_model(model)
+    model = session.prepare_model(model)
     core = unwrap(model)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
@@ -211,12 +209,12 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
     per_worker_batch = max(1, cfg.batch_size // world)
     loader = DataLoader(train_ds, batch_size=per_worker_batch, sampler=sampler)
-    loader = ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
+    loader = session.prepare_data_loader(loader)
 
     if saved is not None and state["epoch"] + 1 >= cfg.epochs:
         # Restarted after its last epoch (e.g. a resumed sweep whose driver died before
         # seeing this report): report the final metrics again so the caller gets them.
-        ray.train.report(saved["metrics"], checkpoint=None)
+        session.report(saved["metrics"], None, state["epoch"])
         return
     for epoch in range(state["epoch"] + 1, cfg.epochs):
         phase = schedule.phase(epoch) if schedule else None
@@ -247,7 +245,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             "world_size": world,
             # max - min over ranks of sum|w|: exactly 0 when DDP keeps every rank identical.
             "rank_weight_spread": _spread(rank_checksums(core, world, device)),
-            "node_id": ray.get_runtime_context().get_node_id() if rank == 0 else "",
+            "node_id": session.node_id() if rank == 0 else "",
             **{k: figures[k] for k in _REPORTED_FIGURES if k in figures},
             "method": cfg.method or "dense",
             "schedule": cfg.schedule if cfg.method else "",
@@ -260,37 +258,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 epoch, val["accuracy"] * 100, val["top5"] * 100, val["val_loss"], figures["sparsity"],
                 "" if final else " (not final)",
             )
-        _report(metrics, rank, epoch, core, optimizer, lr_scheduler, cfg, state, example)
+        payload = None
+        if rank == 0:
+            payload = {
+                "model": core.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "lr_scheduler": lr_scheduler.state_dict(),
+                "config": cfg.to_dict(),
+                "metrics": metrics,
+                "layers": [_plain(row) for row in pruners.layer_table(core, example)],
+                **state,
+            }
+        session.report(metrics, payload, epoch)
 
 
 _REPORTED_FIGURES = (
     "sparsity", "sparsity_conv", "sparsity_seed", "params_total", "params_remaining",
     "macs_dense", "macs_remaining", "flops_ratio",
 )
-
-
-def _report(metrics, rank, epoch, core, optimizer, lr_scheduler, cfg, state, example) -> None:
-    import ray.train
-
-    if rank != 0:
-        ray.train.report(metrics, checkpoint=None)
-        return
-    with tempfile.TemporaryDirectory() as d:
-        payload = {
-            "model": core.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "lr_scheduler": lr_scheduler.state_dict(),
-            "config": cfg.to_dict(),
-            "metrics": metrics,
-            "layers": [_plain(row) for row in pruners.layer_table(core, example)],
-            **state,
-        }
-        torch.save(payload, Path(d) / CHECKPOINT_FILE)
-        ray.train.report(
-            metrics,
-            checkpoint=ray.train.Checkpoint.from_directory(d),
-            checkpoint_dir_name=f"checkpoint_epoch{epoch:04d}",
-        )
 
 
 def _plain(row: dict) -> dict:

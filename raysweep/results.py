@@ -39,8 +39,12 @@ def load_sweep_info(exp_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _last_checkpoint(exp_dir: Path, trial_id: str) -> str:
-    found = sorted((exp_dir / "trials" / trial_id).glob("checkpoint_epoch*/checkpoint.pt"))
+def _last_checkpoint(exp_dir: Path, trial) -> str:
+    """A TorchTrainer trial's checkpoints live under ``trials/<id>/``; an in-process trial's are
+    Tune's own, in the trial folder (``checkpoint_000002/``)."""
+    found = sorted((exp_dir / "trials" / trial.trial_id).glob("checkpoint_epoch*/checkpoint.pt"))
+    if not found and trial.path:
+        found = sorted(Path(trial.path).glob("checkpoint_*/checkpoint.pt"))
     return str(found[-1]) if found else ""
 
 
@@ -73,7 +77,7 @@ def trials_frame(exp_dir: Path) -> pd.DataFrame:
                 row[column] = last[key]
         row.update({k: v for k, v in last.items() if k.startswith("ratio/")})
         row["epochs"] = last["epoch"] + 1 if "epoch" in last else 0
-        row["checkpoint"] = _last_checkpoint(exp_dir, trial.trial_id)
+        row["checkpoint"] = _last_checkpoint(exp_dir, trial)
         rows.append(row)
     frame = pd.DataFrame(rows)
     if len(frame):

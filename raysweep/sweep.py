@@ -22,6 +22,8 @@ from ray.tune.search import Searcher
 
 from raysweep.config import RunConfig
 from raysweep.engine import build_trainer, execute, init_ray
+from raysweep.loop import run_loop
+from raysweep.session import TuneSession
 from raysweep.space import SearchSpace, to_tune, trial_run_config
 
 log = logging.getLogger("raysweep.sweep")
@@ -41,15 +43,40 @@ class SweepContext:
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """Tune function trainable: build this trial's RunConfig and fit its TorchTrainer."""
+    """Tune function trainable: one trial's fine-tune.
+
+    Several workers: a ``TorchTrainer`` (DDP over a Ray Train worker group) reporting to Tune.
+    One worker: the same loop right here in the trial's process (``TuneSession``) -- a single
+    rank gains nothing from a worker group, a controller and a process group, which cost a
+    trial 10-20 s of start-up and shutdown against ~1 s of digits training.
+    """
     import ray.tune
-    from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_run_config(context.space, config, context.base)
     cfg.name = trial_id
+    if in_process(cfg.workers):
+        run_loop({"run": cfg.to_dict(), "run_dir": ""}, TuneSession(use_gpu=cfg.use_gpu))
+        return
+    from ray.tune.integration.ray_train import TuneReportCallback
+
     trainer = build_trainer(cfg, context.trials_dir, trial_id, callbacks=[TuneReportCallback()])
     trainer.fit()
+
+
+def in_process(workers_per_trial: int) -> bool:
+    """One-worker trials run in the Tune trial process unless RAYSWEEP_TRIAL_TRAINER=1 asks for
+    a TorchTrainer anyway (e.g. to compare, or to keep Ray Train's worker restarts)."""
+    return workers_per_trial == 1 and os.environ.get("RAYSWEEP_TRIAL_TRAINER", "0") != "1"
+
+
+def trial_resources(space: SearchSpace) -> dict[str, float]:
+    """What one trial reserves in all: for an in-process trial, its function holds the worker's
+    CPUs/GPU; otherwise a token share for the function plus the TorchTrainer's workers."""
+    r = space.resources
+    if in_process(r.workers_per_trial):
+        return {"CPU": r.cpus_per_worker, **({"GPU": r.gpus_per_worker} if r.gpus_per_worker else {})}
+    return {"CPU": TRIAL_FUNCTION_CPU}
 
 
 class FixedPointsFirst(Searcher):
@@ -145,13 +172,21 @@ def build_scheduler(space: SearchSpace):
     return schedulers[space.scheduler]()
 
 
+def trial_dirname(trial) -> str:
+    """``<experiment>/<trial_id>/``: Tune's default name spells out the whole config."""
+    return trial.trial_id
+
+
 def max_concurrent_trials(space: SearchSpace) -> int:
     """As many trials as the cluster holds at once, so no trial waits forever for workers."""
     import ray
 
     res = ray.cluster_resources()
     r = space.resources
-    per_trial_cpu = r.workers_per_trial * r.cpus_per_worker + TRIAL_FUNCTION_CPU
+    if in_process(r.workers_per_trial):
+        per_trial_cpu = r.cpus_per_worker
+    else:
+        per_trial_cpu = r.workers_per_trial * r.cpus_per_worker + TRIAL_FUNCTION_CPU
     fits = math.floor(res.get("CPU", 0) / per_trial_cpu + 1e-9)
     if r.gpus_per_worker:
         fits = min(fits, math.floor(res.get("GPU", 0) / (r.workers_per_trial * r.gpus_per_worker)))
@@ -209,12 +244,15 @@ def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = Fa
 
     # Tune's newer console output ignores custom reporters; ours shows the columns that matter.
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # Keeping one checkpoint per trial makes Tune snapshot its (small) experiment state at each
+    # epoch's checkpoint; with short trials that happens often and Tune warns every time.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     init_ray(address)
     storage = storage.expanduser().resolve()
     weights = dense_weights(space, storage, address)
     exp_dir = storage / name
     context = SweepContext(space, base_run_config(space, weights), str(exp_dir / "trials"))
-    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), {"CPU": TRIAL_FUNCTION_CPU})
+    trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(space))
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         log.info("resuming %s: finished trials are kept, unfinished ones continue", exp_dir)
         tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
@@ -231,10 +269,16 @@ def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = Fa
                 # grid: the whole grid once (plus the points); otherwise `trials` samples + points
                 num_samples=1 if space.search == "grid" else space.trials + len(points),
                 max_concurrent_trials=max_concurrent_trials(space),
+                # Every trial asks for the same resources: a finished trial's process (torch
+                # imported, data loaded) takes the next one instead of a fresh process each time.
+                reuse_actors=True,
+                trial_dirname_creator=trial_dirname,
             ),
             run_config=tune.RunConfig(
                 name=name, storage_path=str(storage), progress_reporter=progress_reporter(space),
                 failure_config=tune.FailureConfig(max_failures=0),
+                # In-process trials checkpoint through Tune: keep only each trial's latest.
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
     tuner.fit()

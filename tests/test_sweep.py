@@ -45,12 +45,8 @@ TRIAL_COLUMNS = [
 ]
 
 
-def _finished_trials(exp: Path) -> int:
-    return len(list(exp.glob("trials/*/checkpoint_epoch0000/checkpoint.pt")))
-
-
 @pytest.fixture(scope="module")
-def resumed_sweep(ray_local, tmp_path_factory):
+def resumed_sweep(ray_local, tmp_path_factory, checkpointed_epochs):
     """A sweep whose driver is killed after two trials, then resumed to the end."""
     root = tmp_path_factory.mktemp("sweep")
     space_file = root / "tiny.yaml"
@@ -61,7 +57,7 @@ def resumed_sweep(ray_local, tmp_path_factory):
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     exp = storage / "tiny"
     deadline = time.time() + 400
-    while time.time() < deadline and proc.poll() is None and _finished_trials(exp) < 2:
+    while time.time() < deadline and proc.poll() is None and len(checkpointed_epochs(exp)) < 2:
         time.sleep(0.5)
     assert proc.poll() is None, "the sweep ended before it could be interrupted"
     os.killpg(proc.pid, signal.SIGKILL)

@@ -1,0 +1,341 @@
+"""On a Ray cluster: `ray start` with token authentication, `ray job submit`, a second node,
+`ray job stop` and `--resume`. Real Ray processes on loopback, no mocks.
+
+One head node and one worker node (2 CPUs each) serve the whole module, and one sweep serves
+every check: submitted, stopped after its first trial, submitted again with --resume.
+
+Which node runs the trials is made certain, not left to timing: a trial's worker takes 1.5 CPUs,
+and each job's driver reserves 1 CPU on the node it is sent to (`--entrypoint-num-cpus 1
+--entrypoint-resources`), so no worker fits there. The first submission's driver runs on the
+worker node, so its trials train on the head; the resubmission's driver runs on the head, so the
+remaining trials train on the worker node. (Two trials merely running "at once" are not enough:
+with process start-up dominating a one-epoch trial, their workers often never overlap, and Ray
+then packs them all on one node.)
+
+The cluster has its own token file (``RAY_AUTH_TOKEN_PATH``), never ``~/.ray/auth_token``, and
+is stopped at the end by its own processes (its process groups, its folder, their children).
+Never ``ray stop``: that stops every Ray process on the machine, the test session's own Ray
+(tests/conftest.py) and other people's included.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Optional
+
+import pandas as pd
+import pytest
+import yaml
+
+try:
+    import psutil
+except ImportError:  # Ray ships its own copy, importable once ray is imported
+    import ray  # noqa: F401
+    import psutil
+
+pytestmark = pytest.mark.ray
+
+REPO = Path(__file__).resolve().parents[1]
+
+SPACE = {
+    "name": "tiny",
+    "model": "digits_cnn",
+    "dataset": "digits",
+    "dense": "train",
+    "dense_epochs": 3,
+    "trials": 5,
+    "search": "random",
+    "seed": 3,
+    # `ray job stop` takes effect some 5-10 s after it is asked (CLI start, SIGTERM, a grace
+    # period): trials of a few seconds each, and five of them, so that it lands midway.
+    "epochs": 10,
+    "lr": 0.01,
+    "batch_size": 128,
+    "methods": {
+        "irregular": {"*": {"uniform": [0.3, 0.9]}, "classifier.2.weight": 0.5},
+        "nm": {"*": {"choice": ["m4n2", "m8n2"]}, "features.0.weight": 0.0},
+    },
+    "schedules": {"oneshot": {}},
+    # A 2-CPU node holds one trial's worker, and none beside a driver that reserves 1 CPU.
+    "resources": {"workers_per_trial": 1, "cpus_per_worker": 1.5},
+}
+TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
+# What a client would otherwise pick up from this process's environment.
+_CLIENT_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_JOB_HEADERS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
+
+
+def _free_ports(n: int) -> list[int]:
+    socks = []
+    try:
+        for _ in range(n):
+            s = socket.socket()
+            s.bind(("127.0.0.1", 0))
+            socks.append(s)
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+def _ray_cli() -> list[str]:
+    exe = Path(sys.executable).with_name("ray")
+    return [str(exe)] if exe.exists() else [shutil.which("ray") or "ray"]
+
+
+class Cluster:
+    """A head node and a worker node started with `ray start`, all in ``root``."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.token = secrets.token_hex(32)
+        self.token_file = root / "auth_token"
+        self.token_file.write_text(self.token)
+        self.token_file.chmod(0o600)
+        self.storage = root / "results"
+        self.pgids: list[int] = []
+        self.gcs = self.dashboard = ""
+        base = {k: v for k, v in os.environ.items() if k not in _CLIENT_ENV}
+        base["RAY_USAGE_STATS_ENABLED"] = "0"
+        # The head needs no RAY_AUTH_MODE: `ray start --head` turns token auth on when it finds a token.
+        self.head_env = {**base, "RAY_AUTH_TOKEN_PATH": str(self.token_file)}
+        # Everything joining or calling the cluster needs the mode and the token.
+        self.env = {**self.head_env, "RAY_AUTH_MODE": "token"}
+
+    def _start_node(self, args: list[str], env: dict, attempts: int = 2) -> None:
+        """`ray start`; tried twice, because on a loaded machine a raylet can miss Ray's fixed
+        30-second registration deadline ("The current node timed out during startup")."""
+        for attempt in range(attempts):
+            proc = subprocess.Popen(
+                [*_ray_cli(), "start", *args, "--disable-usage-stats"], env=env,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+            )
+            self.pgids.append(proc.pid)  # the node's processes stay in this group after `ray start` exits
+            try:
+                out, _ = proc.communicate(timeout=180)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            if proc.returncode == 0:
+                return
+            self._kill(lambda p: os.getpgid(p.pid) == proc.pid)  # what that attempt left behind
+        raise AssertionError(f"ray start {' '.join(args)} failed:\n{out[-4000:]}")
+
+    def start(self) -> None:
+        port, dash, client, agent, agent2 = _free_ports(5)
+        self.gcs, self.dashboard = f"127.0.0.1:{port}", f"http://127.0.0.1:{dash}"
+        common = ["--node-ip-address", "127.0.0.1", "--num-cpus", "2", "--object-store-memory", str(200 * 1024**2)]
+        self._start_node([
+            "--head", "--port", str(port), "--dashboard-port", str(dash), "--dashboard-host", "127.0.0.1",
+            "--ray-client-server-port", str(client), "--dashboard-agent-listen-port", str(agent),
+            "--temp-dir", str(self.root / "head"), "--resources", '{"head_node": 1}', *common,
+        ], self.head_env)
+        self._start_node([
+            "--address", self.gcs, "--dashboard-agent-listen-port", str(agent2),
+            "--temp-dir", str(self.root / "worker"), "--resources", '{"worker_node": 1}', *common,
+        ], self.env)
+        deadline = time.time() + 60
+        while len(self.alive_nodes()) < 2:
+            assert time.time() < deadline, f"the worker node did not join: {self.alive_nodes()}"
+            time.sleep(1)
+
+    def stop(self) -> None:
+        """This cluster's processes only: its `ray start` process groups, anything whose command
+        line names its folder (job drivers run in sessions of their own), and their children."""
+        self._kill(lambda p: os.getpgid(p.pid) in self.pgids or str(self.root) in " ".join(p.info["cmdline"] or ()))
+
+    @staticmethod
+    def _kill(match) -> None:
+        """SIGTERM, then SIGKILL after 8 s, to the matching processes and all their children."""
+        procs: dict[int, psutil.Process] = {}
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if p.pid != os.getpid() and match(p):
+                    procs[p.pid] = p
+            except (psutil.Error, OSError):
+                pass
+        for p in list(procs.values()):
+            try:
+                procs.update({c.pid: c for c in p.children(recursive=True)})
+            except psutil.Error:
+                pass
+        procs.pop(os.getpid(), None)
+        for p in procs.values():
+            try:
+                p.send_signal(signal.SIGTERM)
+            except psutil.Error:
+                pass
+        _, alive = psutil.wait_procs(list(procs.values()), timeout=8)
+        for p in alive:
+            try:
+                p.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(alive, timeout=5)
+
+    def ray(self, *args: str, env: Optional[dict] = None, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run([*_ray_cli(), *args], env=self.env if env is None else env, capture_output=True, text=True, timeout=timeout)
+
+    def get(self, path: str) -> dict:
+        """The dashboard's REST API, with the token (what `ray job status` does, minus a Python start)."""
+        req = urllib.request.Request(self.dashboard + path, headers={"Authorization": f"Bearer {self.token}"})
+        with urllib.request.urlopen(req, timeout=30) as r:
+            return json.load(r)
+
+    def alive_nodes(self) -> set[str]:
+        try:
+            nodes = self.get("/api/v0/nodes?detail=false")["data"]["result"]["result"]
+        except (urllib.error.URLError, OSError, KeyError):
+            return set()
+        return {n["node_id"] for n in nodes if n["state"] == "ALIVE"}
+
+    def job(self, submission_id: str) -> dict:
+        return self.get(f"/api/jobs/{submission_id}")
+
+    def logs(self, submission_id: str) -> str:
+        try:
+            return self.get(f"/api/jobs/{submission_id}/logs")["logs"][-6000:]
+        except (urllib.error.URLError, OSError, KeyError) as exc:
+            return f"(no logs: {exc})"
+
+    def wait(self, submission_id: str, timeout: float) -> dict:
+        deadline = time.time() + timeout
+        while True:
+            info = self.job(submission_id)
+            if info["status"] in TERMINAL or time.time() > deadline:
+                return info
+            time.sleep(2)
+
+    def node_ids(self) -> dict[str, str]:
+        """{"head": node id, "worker": node id}."""
+        nodes = self.get("/api/v0/nodes?detail=true")["data"]["result"]["result"]
+        return {("head" if n["is_head_node"] else "worker"): n["node_id"] for n in nodes if n["state"] == "ALIVE"}
+
+    def submit(self, submission_id: str, driver_node: str, *search_args: str, wait: bool = True, timeout: float = 300) -> subprocess.CompletedProcess:
+        """`ray job submit` of the sweep with `--working-dir` the repository, as a user would from
+        a checkout: Ray ships the code to every node and the driver runs in that copy (the
+        package is installed here too, so this is what a user does, not a necessity). `python`
+        is this interpreter, the one the nodes run (on a CI machine `python` may be another)."""
+        entry = [sys.executable, "-m", "raysweep.search", *search_args, "--storage", str(self.storage), "-q"]
+        args = ["job", "submit", "--address", self.dashboard, "--submission-id", submission_id, "--working-dir", str(REPO),
+                "--entrypoint-num-cpus", "1", "--entrypoint-resources", json.dumps({f"{driver_node}_node": 1})]
+        return self.ray(*args, *([] if wait else ["--no-wait"]), "--", *entry, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    # A short folder: Ray's socket paths under it must stay below the 107-character limit.
+    root = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp" if os.path.isdir("/tmp") else None))
+    c = Cluster(root)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _space_file(cluster: Cluster) -> Path:
+    path = cluster.root / "tiny.yaml"
+    path.write_text(yaml.safe_dump(SPACE))
+    return path
+
+
+@pytest.fixture(scope="module")
+def resumed(cluster, checkpointed_epochs):
+    """One tiny sweep, submitted with `ray job submit`, stopped with `ray job stop` once a trial
+    has finished, then submitted again with `--resume` (blocking, as docs/cluster.md shows it).
+
+    One sweep serves the submission, two-node and stop/resume checks: a second sweep would add
+    minutes on a 2-core machine."""
+    space = _space_file(cluster)
+    exp = cluster.storage / SPACE["name"]
+    out: dict = {"exp": exp}
+    started = time.time()
+    # The driver on the worker node: the dense model and these trials train on the head.
+    r = cluster.submit("raysweep-tiny", "worker", "--space", str(space), wait=False)
+    assert r.returncode == 0, r.stderr[-3000:]
+    deadline = time.time() + 300
+    last = SPACE["epochs"] - 1
+    while not any(e == last for e in checkpointed_epochs(exp).values()):
+        status = cluster.job("raysweep-tiny")["status"]
+        assert status not in TERMINAL, f"{status} before any trial finished:\n{cluster.logs('raysweep-tiny')}"
+        assert time.time() < deadline, cluster.logs("raysweep-tiny")
+        time.sleep(0.5)
+    out["stop"] = cluster.ray("job", "stop", "--address", cluster.dashboard, "raysweep-tiny", timeout=120)
+    out["stopped"] = cluster.wait("raysweep-tiny", timeout=60)
+    # Trials done before the stop ran on the head; a trial stopped midway continues on the worker.
+    out["finished_before_ids"] = {t for t, e in checkpointed_epochs(exp).items() if e == last}
+    out["finished_before"] = len(out["finished_before_ids"])
+    out["reports_before"] = (exp / "trials.csv").exists()
+    time.sleep(2)  # let Ray free the stopped job's trial workers
+    # The driver on the head: the remaining trials train on the worker node.
+    out["proc"] = cluster.submit("raysweep-resumed", "head", "--space", str(space), "--resume", "--name", SPACE["name"], timeout=400)
+    out["info"] = cluster.wait("raysweep-resumed", timeout=30)
+    out["seconds"] = time.time() - started
+    return out
+
+
+def test_a_submission_without_the_token_is_refused(cluster):
+    cmd = ["job", "submit", "--address", cluster.dashboard, "--no-wait", "--", "python", "-c", "print(1)"]
+    # The token file is there but RAY_AUTH_MODE is not set: the client sends no token.
+    no_mode = {k: v for k, v in cluster.env.items() if k != "RAY_AUTH_MODE"}
+    r = cluster.ray(*cmd, "--submission-id", "no-token", env=no_mode)
+    assert r.returncode != 0
+    assert "AuthenticationError" in r.stderr and "Missing authentication token" in r.stderr, r.stderr[-2000:]
+    # The mode set, a wrong token.
+    wrong = {**cluster.env, "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+    r = cluster.ray(*cmd, "--submission-id", "wrong-token", env=wrong)
+    assert r.returncode != 0
+    assert "Invalid authentication token" in r.stderr, r.stderr[-2000:]
+    # The REST API refuses a request without the token, too; neither job exists.
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(cluster.dashboard + "/api/jobs/", timeout=30)
+    assert err.value.code == 401
+    for sid in ("no-token", "wrong-token"):
+        with pytest.raises(urllib.error.HTTPError):
+            cluster.job(sid)
+
+
+def test_ray_job_stop_stops_the_sweep_midway(resumed):
+    assert resumed["stop"].returncode == 0, resumed["stop"].stderr[-3000:]
+    assert resumed["stopped"]["status"] == "STOPPED"
+    assert 1 <= resumed["finished_before"] < SPACE["trials"], "every trial finished before the stop: nothing left to resume"
+    assert not resumed["reports_before"]
+
+
+def test_the_resubmission_with_resume_succeeds_and_writes_the_reports(resumed, cluster):
+    info, proc = resumed["info"], resumed["proc"]
+    assert info["status"] == "SUCCEEDED", f"{info.get('message')}\n{cluster.logs('raysweep-resumed')}"
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    for name in ("trials.csv", "pareto.csv", "report.md", "report.html", "pareto.png"):
+        assert (resumed["exp"] / name).is_file(), name
+    assert any((cluster.storage / "dense").glob("*/final.pt")), "the dense weights are cached in the shared storage"
+    print(f"submit, stop, resubmit: {resumed['seconds']:.0f} s")
+
+
+def test_every_trial_appears_exactly_once_and_finished(resumed, checkpointed_epochs):
+    trials = pd.read_csv(resumed["exp"] / "trials.csv")
+    assert len(trials) == SPACE["trials"] and trials["trial_id"].is_unique, trials[["trial_id", "status"]]
+    assert (trials["status"] == "TERMINATED").all(), trials[["trial_id", "status", "error"]]
+    assert checkpointed_epochs(resumed["exp"]) == dict.fromkeys(trials["trial_id"], SPACE["epochs"] - 1)
+
+
+def test_the_trials_of_one_sweep_ran_on_both_nodes(resumed, cluster):
+    trials = pd.read_csv(resumed["exp"] / "trials.csv")
+    nodes = cluster.node_ids()
+    assert trials["node_id"].nunique() == 2, trials[["trial_id", "node_id"]]
+    assert set(trials["node_id"]) == set(nodes.values())
+    # node_id is the node of each trial's rank 0, where the scheduling put it
+    expected = {t: nodes["head" if t in resumed["finished_before_ids"] else "worker"] for t in trials["trial_id"]}
+    assert dict(zip(trials["trial_id"], trials["node_id"])) == expected
