@@ -9,9 +9,12 @@ removal is exact only if the constant is folded into what the consumer computes:
 * Linear consumer: ``bias += W[:, cols] @ value`` (one value per flattened column);
 * Conv consumer: the constant's contribution is ``conv(constant image)``; where zero padding
   makes it differ at the borders (a non-zero constant under a padded kernel), no bias can hold
-  it and the channel is *kept* (reported); otherwise it is added to the conv's bias or, for a
-  bias-free conv feeding only a BatchNorm, subtracted from that BN's ``running_mean``
-  (eval-exact, and train-mode BN is shift-invariant). A bias is created only as a last resort.
+  it and the channel is *kept* (reported) -- unless ``fold_borders=True``, which stores that
+  contribution as a per-position ``bias_map`` buffer of the conv (``BiasMapConv2d``): exact,
+  but only at the input size compacted for. A position-independent contribution is added to
+  the conv's bias or, for a bias-free conv feeding only a BatchNorm, subtracted from that
+  BN's ``running_mean`` (eval-exact; train-mode BN is shift-invariant); a bias is created only
+  as a last resort.
 
 The constants are read from one forward of the squashed model on a random probe batch (two
 samples; a value must agree across samples and positions, else the channel stays). Channels
@@ -33,7 +36,7 @@ from torch.nn.utils import parametrize
 from pruners.channels import ChannelGroup, channel_groups, index_channels, trace
 from pruners.masking import is_masked, squash
 
-__all__ = ["CompactReport", "compact", "dead_channels", "squashed_copy", "zero_weights"]
+__all__ = ["BiasMapConv2d", "CompactReport", "compact", "dead_channels", "squashed_copy", "zero_weights"]
 
 logger = logging.getLogger(__name__)
 
@@ -52,8 +55,19 @@ class CompactReport:
     kept_dead: dict[str, int] = field(default_factory=dict)  # reason -> dead channels kept
     groups: list[dict] = field(default_factory=list)  # per group with dead channels
     biases_added: list[str] = field(default_factory=list)
+    bias_maps: list[str] = field(default_factory=list)  # convs given a per-position bias (fold_borders)
     zeros_remaining: int = 0  # zero conv/linear weights left inside the compact model
     max_abs_diff: float = float("nan")  # compact vs masked model on the probe batch (eval)
+
+
+class BiasMapConv2d(nn.Conv2d):
+    """A Conv2d plus a fixed per-position bias ``bias_map`` (out_channels, H, W): what removed
+    constant channels contributed through zero padding. Valid at one input size only."""
+
+    bias_map: torch.Tensor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(x) + self.bias_map
 
 
 def dead_channels(model: nn.Module, group: ChannelGroup) -> torch.Tensor:
@@ -140,7 +154,7 @@ class _Plan:
         return out
 
 
-def _analyse(model: nn.Module, plan: _Plan, captured: dict[str, list[torch.Tensor]]) -> None:
+def _analyse(model: nn.Module, plan: _Plan, captured: dict[str, list[torch.Tensor]], fold_borders: bool) -> None:
     """Read each consumer's constant per dead channel; keep channels that cannot be folded."""
     dead_idx = plan.dead.nonzero().flatten()
     for mod_name, _, block in plan.group.consumers:
@@ -162,7 +176,8 @@ def _analyse(model: nn.Module, plan: _Plan, captured: dict[str, list[torch.Tenso
             plan.maps[mod_name], plan.map_rows[mod_name] = maps, nonzero
             uniform = torch.ones(len(dead_idx), dtype=torch.bool)
             uniform[nonzero] = _spread_ok(maps.flatten(2), 2, _UNIFORM_TOL).all(1)
-            plan.keep(dead_idx[~uniform], f"zero padding of {mod_name} makes a constant channel position-dependent")
+            if not (fold_borders and type(module) in (nn.Conv2d, BiasMapConv2d)):
+                plan.keep(dead_idx[~uniform], f"zero padding of {mod_name} makes a constant channel position-dependent")
         plan.keep(dead_idx[~const], f"input of {mod_name} is not constant (e.g. after a padded depthwise conv)")
     if plan.dead.all() and not plan.keep_reason:
         plan.keep(dead_idx[:1], "a group keeps at least one channel")
@@ -184,7 +199,8 @@ def _fold_delta(model: nn.Module, plan: _Plan, mod_name: str, block: int) -> tor
     if not (rows & removed).any():
         return None
     maps = plan.maps[mod_name][removed[rows]]  # maps exist for `rows`, in dead-channel order
-    return maps.sum(0).flatten(1)[:, 0]
+    total = maps.sum(0)  # (O, *out_spatial)
+    return total.flatten(1)[:, 0] if bool(_spread_ok(total.flatten(1), 1, _UNIFORM_TOL).all()) else total
 
 
 def _bn_after(gm: torch.fx.GraphModule) -> dict[str, str]:
@@ -205,7 +221,15 @@ def _apply_delta(model: nn.Module, mod_name: str, delta: torch.Tensor, bn_after:
                  groups: list[ChannelGroup], report: CompactReport) -> None:
     module = model.get_submodule(mod_name)
     with torch.no_grad():
-        if module.bias is not None:
+        if delta.dim() > 1:  # position-dependent (fold_borders): a bias map on the conv
+            if isinstance(module, BiasMapConv2d):
+                module.bias_map.add_(delta.to(module.bias_map.dtype))
+                return
+            module.__class__ = BiasMapConv2d
+            module.register_buffer("bias_map", delta.to(module.weight.dtype))
+            report.bias_maps.append(mod_name)
+            _travels_with_outputs(groups, mod_name, "bias_map")
+        elif module.bias is not None:
             module.bias.add_(delta.to(module.bias.dtype))
         elif mod_name in bn_after:
             bn = model.get_submodule(bn_after[mod_name])
@@ -213,9 +237,14 @@ def _apply_delta(model: nn.Module, mod_name: str, delta: torch.Tensor, bn_after:
         else:
             module.bias = nn.Parameter(delta.to(module.weight.dtype))
             report.biases_added.append(mod_name)
-            for g in groups:  # the bias now travels with the layer's output channels
-                if (mod_name, "weight") in g.producers:
-                    g.producers.append((mod_name, "bias"))
+            _travels_with_outputs(groups, mod_name, "bias")
+
+
+def _travels_with_outputs(groups: list[ChannelGroup], mod_name: str, tensor: str) -> None:
+    """A tensor added to a layer is sliced with the layer's output channels from now on."""
+    for g in groups:
+        if (mod_name, "weight") in g.producers:
+            g.producers.append((mod_name, tensor))
 
 
 def _params(model: nn.Module) -> int:
@@ -228,12 +257,21 @@ def _producer_label(group: ChannelGroup) -> str:
 
 @torch.no_grad()
 def compact(
-    model: nn.Module, example_input: torch.Tensor, *, inplace: bool = False, probe_batch: int = 2, seed: int = 0
+    model: nn.Module,
+    example_input: torch.Tensor,
+    *,
+    inplace: bool = False,
+    fold_borders: bool = False,
+    probe_batch: int = 2,
+    seed: int = 0,
 ) -> tuple[nn.Module, CompactReport]:
     """A dense model without the removable dead channels of ``model`` (masked or plain), in eval mode.
 
     ``model`` is left untouched unless ``inplace``; a masked copy is squashed first. The result
     is checked against the masked model on a random probe batch (``report.max_abs_diff``).
+    ``fold_borders`` also removes dead channels whose constant a padded conv sees differently
+    at the borders, via per-position bias maps: the result then runs at ``example_input``'s
+    spatial size only.
     """
     if inplace:
         work = squash(model) if is_masked(model) else model
@@ -260,7 +298,7 @@ def compact(
 
     deltas = []
     for plan in plans:
-        _analyse(work, plan, captured)
+        _analyse(work, plan, captured, fold_borders)
         for mod_name, _, block in plan.group.consumers:
             delta = _fold_delta(work, plan, mod_name, block)
             if delta is not None:

@@ -226,6 +226,7 @@ def export_checkpoint(
     model: str | None = None,
     dataset: str | None = None,
     do_compact: bool = True,
+    fold_borders: bool = False,
     latency: bool = False,
     threads: int = 1,
 ) -> dict[str, Any]:
@@ -236,7 +237,7 @@ def export_checkpoint(
     masked = net
     report = None
     if do_compact:
-        small, report = compact(net, example)
+        small, report = compact(net, example, fold_borders=fold_borders)
     else:
         small = squashed_copy(net)
     out = Path(out)
@@ -254,6 +255,7 @@ def export_checkpoint(
         "channels_removed": report.channels_removed if report else 0,
         "channels_dead": report.channels_dead if report else 0,
         "kept_dead": report.kept_dead if report else {},
+        "bias_maps": report.bias_maps if report else [],
         "zeros_in_place": zero_weights(small), "weights_in_place": total,
     }  # fmt: skip
     if nm:
@@ -278,6 +280,9 @@ def _print_summary(s: dict[str, Any]) -> None:
     print(f"  channels removed: {s['channels_removed']} of {s['channels_dead']} dead")
     for reason, n in sorted(s["kept_dead"].items()):
         print(f"    kept {n} dead channel(s): {reason}")
+    if s["bias_maps"]:
+        print(f"  {len(s['bias_maps'])} conv(s) carry a per-position bias map (--fold-borders): "
+              f"the file runs at input size {tuple(s['input_size'])} only")
     print(f"  max |exported - masked| on a random batch: {s['max_abs_diff']:.3g}")
     if s["zeros_in_place"]:
         share = s["zeros_in_place"] / max(1, s["weights_in_place"])
@@ -302,6 +307,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model", help="registry model name (default: from the checkpoint's config)")
     parser.add_argument("--dataset", help="dataset name, picks the model family (default: from the config)")
     parser.add_argument("--no-compact", dest="do_compact", action="store_false", help="keep every channel (zeros in place)")
+    parser.add_argument("--fold-borders", action="store_true",
+                        help="also remove dead channels whose constant a padded conv sees differently at the borders "
+                             "(per-position bias maps; the file then runs at the model's input size only)")
     parser.add_argument("--latency", action="store_true", help="time dense vs exported on CPU (batch 1 and 64)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads for --latency (default 1)")
     parser.add_argument("-q", "--quiet", action="store_true", help="warnings only")
@@ -312,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         summary = export_checkpoint(args.checkpoint, args.out, model=args.model, dataset=args.dataset,
-                                    do_compact=args.do_compact, latency=args.latency, threads=args.threads)
+                                    do_compact=args.do_compact, fold_borders=args.fold_borders,
+                                    latency=args.latency, threads=args.threads)
     except ExportInputError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -114,6 +114,7 @@ def trial_latency(
     warmup: int = 2,
     repeats: int = 5,
     export: bool = False,
+    fold_borders: bool = False,
 ) -> dict[str, float]:
     """Latency of the compacted ``masked_model`` and its speedup over ``dense_model``, on CPU.
 
@@ -122,14 +123,14 @@ def trial_latency(
     and ``channels_removed``. ``dense_model=None`` times the masked model's own architecture
     with its zeros in place (a dense kernel, same cost as the unpruned model). The masked model
     is not modified (models on another device are copied to CPU). ``export=True`` times the
-    ``torch.export`` program instead of the compact eager module (the same aten ops, about a
-    second more per call on digits).
+    ``torch.export`` program instead of the compact eager module (the same aten ops; exporting
+    adds 1-4 s to the call). ``fold_borders`` goes to ``pruners.compact.compact``.
     """
     from pruners.compact import compact, squashed_copy
 
     plain = squashed_copy(masked_model).cpu()  # the caller's model keeps its masks and device
     example = torch.zeros((2, *input_shape))
-    small, report = compact(plain, example)
+    small, report = compact(plain, example, fold_borders=fold_borders)
     if export:
         from raysweep.export import export_program
 

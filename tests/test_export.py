@@ -11,7 +11,7 @@ import torch
 from torch import nn
 
 import pruners
-from pruners.compact import compact, squashed_copy
+from pruners.compact import BiasMapConv2d, compact, squashed_copy
 from raysweep import export
 from raysweep.config import RunConfig
 from raysweep.models import create_model
@@ -92,6 +92,20 @@ def test_padded_consumers_keep_channels_whose_constant_is_not_zero():
     assert next(g for g in report.groups if g["producer"] == "features.7") == {
         "producer": "features.7", "size": 64, "dead": 32, "removed": 32
     }
+
+
+def test_fold_borders_removes_every_dead_channel_with_bias_maps(tmp_path, capsys):
+    model = masked("digits_cnn", {"features.*": 0.5}, "filter")
+    small, report = compact(model, torch.randn(1, 1, 8, 8), fold_borders=True)
+    assert report.kept_dead == {} and report.channels_removed == report.channels_dead == 56
+    assert report.bias_maps == ["features.3", "features.7"]
+    assert isinstance(small.features[3], BiasMapConv2d) and small.features[3].bias_map.shape == (16, 8, 8)
+    assert max_diff(small, model, (1, 8, 8)) <= TOL
+    ckpt, model = _checkpoint(tmp_path, {"features.*": 0.5}, "filter")
+    out = tmp_path / "fb.pt2"
+    assert export.main([str(ckpt), "--out", str(out), "--fold-borders", "-q"]) == 0
+    assert "per-position bias map" in capsys.readouterr().out
+    assert max_diff(export.load_exported(out), model, (1, 8, 8)) <= TOL
 
 
 class Folds(nn.Module):
