@@ -81,14 +81,16 @@ def vgg(args: argparse.Namespace) -> None:
 
 def resnet(args: argparse.Namespace) -> None:
     print("(b) CIFAR ResNet-56, filter 0.5 on every conv, random weights, exported")
-    for label, trained_bn in (("default BN (constants 0)", False), ("random BN stats (constants folded)", True)):
+    variants = (("default BN (constants 0)", False, False), ("random BN stats (constants folded)", True, False),
+                ("random BN stats, fold_borders=True", True, True))
+    for label, trained_bn, fold_borders in variants:
         torch.manual_seed(0)
         model = create_model("resnet56").eval()
         if trained_bn:
             _randomize_bn(model, 1)
         pruners.prepare(model, {"*conv*": 0.5, "*downsample.0.weight": 0.5}, "filter")
         x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-        small, report = compact(model, x[:1])
+        small, report = compact(model, x[:1], fold_borders=fold_borders)
         with tempfile.TemporaryDirectory() as d:
             fmt = save_model(small, x[:2], Path(d) / "r56.pt2")
             exported = load_exported(Path(d) / "r56.pt2")
@@ -100,7 +102,7 @@ def resnet(args: argparse.Namespace) -> None:
         print(f"    params: dense {acct['params_total']}, accounting params_remaining {acct['params_remaining']}, "
               f"exported {params} (compact report {report.params_after})")
         print(f"    dead channels {report.channels_dead}, removed {report.channels_removed}; kept: "
-              f"{sum(report.kept_dead.values())} ({len(report.kept_dead)} reasons)")
+              f"{sum(report.kept_dead.values())} ({len(report.kept_dead)} reasons); bias maps on {len(report.bias_maps)} convs")
         if not trained_bn:
             figures = measure_pair({"dense": squashed_copy(model), "exported": exported}, (3, 32, 32),
                                    batch_sizes=(64,), threads=args.threads, warmup=1, repeats=args.repeats)

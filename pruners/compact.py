@@ -281,7 +281,10 @@ def compact(
     gen = torch.Generator().manual_seed(seed)
     probe = torch.randn((probe_batch, *example_input.shape[1:]), generator=gen).to(example_input)
     report = CompactReport(params_before=_params(work))
-    groups = channel_groups(work, example_input)
+    try:
+        groups = channel_groups(work, example_input)
+    except Exception as exc:  # fx cannot trace data-dependent Python: say so plainly
+        raise ValueError(f"cannot compact {type(model).__name__}: torch.fx tracing failed ({exc})") from exc
     plans = [_Plan(g, d) for g in groups if g.free and (d := dead_channels(work, g)).any()]
 
     captured: dict[str, list[torch.Tensor]] = {}

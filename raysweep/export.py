@@ -237,8 +237,11 @@ def export_checkpoint(
     masked = net
     report = None
     if do_compact:
-        small, report = compact(net, example, fold_borders=fold_borders)
-    else:
+        try:
+            small, report = compact(net, example, fold_borders=fold_borders)
+        except ValueError as exc:  # an untraceable model is still exported, zeros in place
+            log.warning("%s; exporting without compaction", exc)
+    if report is None:
         small = squashed_copy(net)
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
