@@ -185,7 +185,8 @@ def check_allocation(model: Any, alloc: Allocation, targets: Mapping[str, Param]
     fixed = {n: [float(c) for c in candidates(targets[k])] for n, k in governed.items()}
     free = [n for n in names if n not in fixed]
     if not free:
-        problems.add(where, "every prunable layer is fixed by the method's targets: nothing is left to allocate")
+        problems.add(where, "every prunable layer is fixed by the method's targets: nothing is left to allocate "
+                     "(an allocation sets only the layers no target names)")  # fmt: skip
         return
     for key in alloc.perturb:
         try:
