@@ -136,7 +136,10 @@ def finetune_section(args: argparse.Namespace, weights: dict[int, Path], out: Pa
                        "--output", str(out), "--name", name, "--print_freq", "0", "-q"]  # fmt: skip
                 if permute:
                     cmd.append("--nm_permute")
-                subprocess.run(cmd, check=True)
+                done = subprocess.run(cmd, check=False, capture_output=True, text=True)
+                if done.returncode != 0:
+                    print(f"{' '.join(cmd)} failed ({done.returncode}):\n{done.stderr[-2000:]}")
+                    return 1
                 summary = json.loads((out / name / "summary.json").read_text())
                 accs.append((summary["accuracy"], summary["best_accuracy"]))
             (a0, b0), (a1, b1) = accs
