@@ -37,6 +37,11 @@ class RunConfig:
     targets: dict[str, Target] = field(default_factory=dict)  # parameter name or glob -> target
     schedule: str = "oneshot"  # oneshot | regrow | agp (pruners.schedules)
     schedule_params: dict[str, Any] = field(default_factory=dict)  # e.g. prune_freq, end_epoch
+    # One global target spread over layers by a family (pruners.allocation: uniform, erk,
+    # global_magnitude, lamp, sensitivity); resolved on the loaded weights. Empty: use targets.
+    allocation: dict[str, Any] = field(default_factory=dict)
+    nm_permute: bool = False  # nm only: permute input channels first so N:M keeps more magnitude
+    measure_latency: bool = False  # after the last epoch, time the compacted model on CPU (b1, b64)
 
     # --- execution ------------------------------------------------------------------
     workers: int = 1  # Ray Train workers = DDP ranks (gloo on CPU, NCCL on GPU)

@@ -85,7 +85,7 @@ def check_inputs(cfg: RunConfig) -> None:
         try:
             pruners.get_method(cfg.method)
             pruners.get_schedule(cfg.schedule, **cfg.schedule_params)
-            if not cfg.targets:
+            if not cfg.targets and not cfg.allocation:
                 problems.append("a prune run needs targets: --config_file or --ratio")
             else:
                 pruners.resolve_targets(model, cfg.targets)

@@ -18,6 +18,7 @@ import torch.nn as nn
 from torch.utils.data import DataLoader, DistributedSampler, Subset
 
 import pruners
+from pruners.allocation import resolve_allocation
 from raysweep.config import RunConfig
 from raysweep.data import build_datasets
 from raysweep.models import create_model
@@ -177,9 +178,15 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
     schedule = pruners.get_schedule(cfg.schedule, **cfg.schedule_params) if cfg.method else None
     ratios: dict[str, Any] = {}
     if cfg.method:
+        if cfg.allocation:
+            # Weight-ranked families (lamp, global_magnitude) need the loaded dense weights.
+            cfg.targets = resolve_allocation(model, cfg.method, cfg.targets, cfg.allocation)
+            ratios.update(allocation=cfg.allocation["family"], global_target=cfg.allocation["target"])
+        if cfg.nm_permute and cfg.method == "nm":
+            ratios["nm_permute_gain"] = _permute_for_nm(model, cfg, example, rank)
         # The per-parameter targets travel with every report: the sweep's ratio/<param> columns.
         resolved = pruners.resolve_targets(model, cfg.targets)
-        ratios = {f"ratio/{k}": v for k, v in resolved.items()}
+        ratios.update({f"ratio/{k}": v for k, v in resolved.items()})
         ratios["target_sparsity"] = target_sparsity(model, resolved)
         report = pruners.prepare(model, cfg.targets, cfg.method, fraction=0.0, enforce=True)
         if rank == 0 and report.skipped:
@@ -251,6 +258,8 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
             "schedule": cfg.schedule if cfg.method else "",
             **ratios,
         }
+        if cfg.measure_latency and rank == 0 and epoch == cfg.epochs - 1:
+            metrics.update(_latency(core, info.input_size, cfg))
         state["history"].append(metrics)
         if rank == 0:
             log.info(
@@ -276,6 +285,34 @@ _REPORTED_FIGURES = (
     "sparsity", "sparsity_conv", "sparsity_seed", "params_total", "params_remaining",
     "macs_dense", "macs_remaining", "flops_ratio",
 )
+
+
+def _permute_for_nm(model: nn.Module, cfg: RunConfig, example: torch.Tensor, rank: int) -> float:
+    """Reorder input channels (and their producers) so N:M keeps more |w|; same function.
+
+    Bounded by rounds, not time, so every DDP rank computes the same permutation."""
+    from pruners.nm_permute import permute_for_nm
+
+    found = permute_for_nm(model, cfg.targets, example, time_budget_s=None, seed=cfg.seed)
+    if rank == 0:
+        log.info("N:M channel permutation: retained magnitude %+.2f%% (%d groups, %.1f s)",
+                 100 * found.gain, len(found.groups), found.seconds)
+        for name, why in found.skipped.items():
+            log.info("  %s not permuted: %s", name, why)
+    return found.gain
+
+
+def _latency(core: nn.Module, input_size, cfg: RunConfig) -> dict[str, float]:
+    """CPU latency of the compacted model (batch 1 and 64) and speedup over the same
+    architecture dense, measured in this process; pure overhead, so only after the last epoch."""
+    from raysweep.latency import trial_latency
+
+    try:
+        figures = trial_latency(core, None, tuple(input_size), threads=max(1, int(cfg.cpus_per_worker)))
+    except ValueError as exc:  # a model torch.fx cannot trace: no compaction, no figures
+        log.warning("latency not measured: %s", exc)
+        return {}
+    return {k: figures[k] for k in ("latency_ms_b1", "latency_ms_b64", "speedup", "params_compact")}
 
 
 def _plain(row: dict) -> dict:

@@ -23,22 +23,50 @@ def build_parser() -> argparse.ArgumentParser:
     add("--agp_start", type=int, default=0, help="agp: first pruning epoch")
     add("--agp_end", type=int, default=None, help="agp: epoch the final sparsity is reached (default: half the epochs)")
     add("--agp_freq", type=int, default=1, help="agp: epochs between mask updates")
+    add("--nm_permute", action="store_true", help="nm: permute input channels first (Pool & Yu 2021) so N:M keeps more magnitude")
+    add("--allocation", default=None, metavar="FAMILY:TARGET",
+        help="one global target spread by a family instead of per-layer targets, e.g. lamp:0.9 (uniform, erk, global_magnitude, lamp)")
+    add("--measure_latency", action="store_true", help="after the last epoch, time the compacted model on CPU (batch 1 and 64)")
     return p
+
+
+def _allocation(spec: str) -> dict:
+    import pruners.allocation as allocation
+
+    family, sep, target = spec.partition(":")
+    try:
+        value = float(target)
+    except ValueError:
+        value = -1.0
+    if not sep or not 0.0 <= value <= 1.0:
+        raise ValueError(f"--allocation takes FAMILY:TARGET with a target in [0, 1], e.g. lamp:0.9; got {spec!r}")
+    chosen = allocation.get_family(family)
+    if chosen.needs_table:
+        raise ValueError(f"--allocation {chosen.name} needs a sensitivity table: use it from a search space (see search_spaces/README.md)")
+    return {"family": chosen.name, "target": value}
 
 
 def config_from_prune_args(args: argparse.Namespace) -> RunConfig:
     import pruners
+    import pruners.allocation
 
     cfg = config_from_args(args)
     if not args.prune_type:
         raise ValueError("--prune_type is required (one of: " + ", ".join(pruners.list_methods()) + ")")
     cfg.method = pruners.get_method(args.prune_type).name
-    if args.config_file:
+    if args.allocation:
+        cfg.allocation = _allocation(args.allocation)
+        pruners.allocation.check_method(cfg.method)
+        cfg.targets = pruners.load_ratio_config(args.config_file) if args.config_file else {}  # layers it pins
+    elif args.config_file:
         cfg.targets = pruners.load_ratio_config(args.config_file)
     elif args.ratio is not None:
         cfg.targets = {"*": pruners.validate_target(args.ratio)}
     else:
-        raise ValueError("give per-layer targets with --config_file FILE or one target with --ratio R")
+        raise ValueError("give per-layer targets with --config_file FILE, one target with --ratio R, or --allocation FAMILY:TARGET")
+    if args.nm_permute and cfg.method != "nm":
+        raise ValueError(f"--nm_permute applies to --prune_type nm, not {cfg.method}")
+    cfg.nm_permute, cfg.measure_latency = args.nm_permute, args.measure_latency
     schedule = args.schedule or ("regrow" if args.prune_freq or args.retrain_epoch else "oneshot")
     params: dict = {}
     if schedule == "regrow":

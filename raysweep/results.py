@@ -24,6 +24,9 @@ _METRIC_COLUMNS = {
     "best_accuracy": "best_accuracy", "sparsity": "sparsity", "sparsity_conv": "sparsity_conv",
     "sparsity_seed": "sparsity_seed", "flops_ratio": "flops_ratio", "params_remaining": "params_remaining",
     "train_s": "train_s", "time_total_s": "wall_s", "node_id": "node_id",
+    "allocation": "allocation", "global_target": "global_target",
+    "latency_ms_b1": "latency_ms_b1", "latency_ms_b64": "latency_ms_b64", "speedup": "speedup",
+    "nm_permute_gain": "nm_permute_gain",
     # Unix time (s) of the trial's last report, its end once finished: orders trials in time.
     "timestamp": "finished_at",
 }

@@ -97,7 +97,7 @@ DEFAULT_SPACE = "digits"
 SPACES_PACKAGE = "search_spaces"
 REFERENCE_KEY = "prune_ratio"  # the reference project's ratio YAML
 REFERENCE_DEFAULTS = {"model": "vgg16", "dataset": "cifar10", "method": "irregular"}
-HPARAM_TYPES: dict[str, type] = {"epochs": int, "lr": float, "batch_size": int, "wd": float}
+HPARAM_TYPES: dict[str, type] = {"epochs": int, "lr": float, "batch_size": int, "wd": float, "nm_permute": bool}
 
 
 @dataclass
@@ -123,6 +123,8 @@ class SearchSpace:
     lr: Param = RAW_DEFAULTS["lr"]
     batch_size: Param = RAW_DEFAULTS["batch_size"]
     wd: Param = RAW_DEFAULTS["wd"]
+    nm_permute: Param = False  # nm trials: permute input channels first (searchable: choice [true, false])
+    measure_latency: bool = False  # time each trial's compacted model (always on with a latency objective)
     methods: dict[str, dict[str, Param]] = field(default_factory=dict)  # canonical -> target space
     allocations: dict[str, Allocation] = field(default_factory=dict)  # method -> its allocation section
     schedules: dict[str, dict[str, Param]] = field(default_factory=lambda: {"oneshot": {}})
@@ -346,12 +348,7 @@ def trial_run_config(space: SearchSpace, config: Mapping[str, Any], base: RunCon
     the training worker resolves once the dense weights are loaded (``trial_allocation``).
     """
     t = _trial(space, config)
-    if hasattr(base, "allocation"):
-        extra = {"allocation": t.allocation or {}}
-    elif t.allocation:
-        raise TypeError("this trial has an allocation but RunConfig has no 'allocation' field to carry it (raysweep.config)")
-    else:
-        extra = {}
+    extra = {"allocation": t.allocation or {}}
     return dataclasses.replace(
         base, method=t.method, targets=t.targets, schedule=t.schedule,
         schedule_params=cast_schedule_params(t.schedule, t.params),

@@ -28,6 +28,7 @@ from raysweep.space_validate import (
     SEARCHES,
     Asha,
     Check,
+    a_bool,
     Dist,
     Point,
     Problems,
@@ -67,12 +68,14 @@ SCALAR_CHECKS: dict[str, Check] = {
     "sampler": one_of("sampler", SAMPLERS),
     "seed": any_int,
     "scheduler": one_of("scheduler", SCHEDULERS),
+    "measure_latency": a_bool,
 }
 HPARAM_CHECKS: dict[str, Check] = {
     "epochs": int_at_least(1),
     "lr": number_above(0.0),
     "batch_size": int_at_least(1),
     "wd": number_above(0.0, inclusive=True),
+    "nm_permute": a_bool,
 }
 SPACE_KEYS: tuple[str, ...] = (
     *SCALAR_CHECKS.keys(), "asha", "objectives", "resources", *HPARAM_CHECKS.keys(),
@@ -91,7 +94,8 @@ RAW_DEFAULTS: dict[str, Any] = {
     "name": "space", "model": "digits_cnn", "dataset": "digits", "data_root": None, "dense": "train",
     "dense_epochs": 20, "dense_lr": 0.05, "trials": 20, "search": "optuna", "sampler": "nsga2",
     "seed": 0, "scheduler": "fifo", "asha": {}, "objectives": {"accuracy": "max", "sparsity": "max"},
-    "resources": {}, "epochs": 4, "lr": 0.01, "batch_size": 128, "wd": 5e-4,
+    "resources": {}, "epochs": 4, "lr": 0.01, "batch_size": 128, "wd": 5e-4, "nm_permute": False,
+    "measure_latency": False,
     "methods": {}, "ratios": {}, "schedules": {"oneshot": {}}, "points": [],
 }  # fmt: skip
 DENSE_TRAIN = "train"

@@ -34,7 +34,12 @@ DIST_ARITY: dict[str, Optional[int]] = {"choice": None, "uniform": 2, "quniform"
 SEARCHES = ("random", "grid", "optuna")
 SAMPLERS = ("nsga2", "tpe")
 SCHEDULERS = ("fifo", "asha")
-OBJECTIVES = {"accuracy": "max", "sparsity": "max", "flops_ratio": "min"}  # name -> natural mode
+OBJECTIVES = {  # name -> natural mode
+    "accuracy": "max", "sparsity": "max", "flops_ratio": "min",
+    # measured on the compacted model after the last epoch (raysweep.latency), CPU
+    "latency_ms_b1": "min", "latency_ms_b64": "min", "speedup": "max",
+}  # fmt: skip
+LATENCY_OBJECTIVES = frozenset({"latency_ms_b1", "latency_ms_b64", "speedup"})
 MODES = ("max", "min")
 # Methods whose skip depends on the target (an M:N spec the layer cannot divide): leaving
 # such a layer dense would silently change the sparsity the trial asked for, so it is an error.
@@ -182,6 +187,10 @@ def any_int(v: Any) -> Optional[str]:
     return None if isinstance(v, int) and not isinstance(v, bool) else f"must be an int, got {v!r}"
 
 
+def a_bool(v: Any) -> Optional[str]:
+    return None if isinstance(v, bool) else f"must be true or false, got {v!r}"
+
+
 def a_string(v: Any) -> Optional[str]:
     return None if isinstance(v, str) and v else f"must be a non-empty string, got {v!r}"
 
@@ -286,6 +295,8 @@ def cast_schedule_params(name: str, params: Mapping[str, Any]) -> dict[str, Any]
 
 
 def cast_like(kind: type, value: Any) -> Any:
+    if kind is bool and value is not None:
+        return bool(value)
     if kind is int and _is_number(value):
         return int(round(float(value)))
     if kind is float and _is_number(value):

@@ -25,6 +25,7 @@ from raysweep.engine import build_trainer, execute, init_ray
 from raysweep.loop import run_loop
 from raysweep.session import TuneSession
 from raysweep.space import SearchSpace, to_tune, trial_run_config
+from raysweep.space_validate import LATENCY_OBJECTIVES
 
 log = logging.getLogger("raysweep.sweep")
 
@@ -204,6 +205,7 @@ def base_run_config(space: SearchSpace, weight_file: Optional[str]) -> RunConfig
         model=space.model, dataset=space.dataset, data_root=space.data_root, weight_file=weight_file,
         seed=space.seed, workers=r.workers_per_trial, cpus_per_worker=r.cpus_per_worker,
         use_gpu=bool(r.gpus_per_worker), max_failures=0, print_freq=0,
+        measure_latency=space.measure_latency or bool(LATENCY_OBJECTIVES & set(space.objectives)),
     )
 
 

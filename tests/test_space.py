@@ -34,15 +34,9 @@ SHIPPED = ["cifar10_resnet56", "cifar10_vgg16", "digits", "digits_allocation", "
 DOCUMENTED_KEYS = {
     "name", "model", "dataset", "data_root", "dense", "dense_epochs", "dense_lr", "trials", "search",
     "sampler", "seed", "scheduler", "asha", "objectives", "resources", "epochs", "lr", "batch_size", "wd",
-    "methods", "ratios", "schedules", "points",
+    "nm_permute", "measure_latency", "methods", "ratios", "schedules", "points",
 }  # fmt: skip
-# RunConfig.allocation carries a trial's allocation to the workers (raysweep.config); until that
-# field exists there, a subclass stands in so trial_run_config is tested either way.
-ALLOC_RUN_CONFIG = (
-    RunConfig
-    if "allocation" in {f.name for f in dataclasses.fields(RunConfig)}
-    else dataclasses.make_dataclass("AllocRunConfig", [("allocation", dict, dataclasses.field(default_factory=dict))], bases=(RunConfig,))
-)
+ALLOC_RUN_CONFIG = RunConfig
 
 
 def real_model(name: str, dataset: str):
