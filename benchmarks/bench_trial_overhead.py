@@ -36,11 +36,11 @@ from raysweep.space import load_space, trial_run_config
 from raysweep.sweep import base_run_config, dense_weights, max_concurrent_trials, run_sweep
 
 
-def space_mapping(trials: int, workers: int, epochs: int) -> dict:
+def space_mapping(trials: int, workers: int, epochs: int, cpus_per_worker: float) -> dict:
     return {
         "name": "overhead", "model": "digits_cnn", "dataset": "digits", "dense": "train", "dense_epochs": 5,
         "trials": trials, "search": "random", "seed": 0, "epochs": epochs, "lr": 0.01, "batch_size": 64,
-        "resources": {"workers_per_trial": workers, "cpus_per_worker": 1},
+        "resources": {"workers_per_trial": workers, "cpus_per_worker": cpus_per_worker},
         "methods": {"irregular": {"*": {"uniform": [0.3, 0.9]}}, "filter": {"features.*": {"uniform": [0.1, 0.5]}}},
         "schedules": {"oneshot": {}},
     }
@@ -67,12 +67,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--trials", type=int, default=12)
     p.add_argument("--workers", type=int, default=1, help="workers per trial (2: DDP through TorchTrainer)")
     p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--cpus_per_worker", type=float, default=0.95,
+                   help="just under 1, so that 2 workers and the trial function fit on 2 CPUs")
     p.add_argument("--storage", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     storage = Path(args.storage or tempfile.mkdtemp(prefix="raysweep-overhead-")).resolve()
-    space = load_space(space_mapping(args.trials, args.workers, args.epochs))
+    space = load_space(space_mapping(args.trials, args.workers, args.epochs, args.cpus_per_worker))
 
     init_ray()
     weights = dense_weights(space, storage, None)  # trained once, not timed

@@ -54,6 +54,21 @@ def test_digits_split_is_stratified_and_deterministic():
         assert abs(va[c] - 0.2 * (tr[c] + va[c])) <= 1, (c, tr[c], va[c])
 
 
+def test_digits_equal_sklearn_load_and_split():
+    """The stored split and the numpy reader reproduce sklearn's load_digits + train_test_split."""
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    x, y = load_digits(return_X_y=True)
+    x_tr, x_va, y_tr, y_va = train_test_split(x / 16.0, y, test_size=0.2, random_state=0, stratify=y)
+    mean, std = x_tr.mean(), x_tr.std()
+    train, val, info = build_datasets("digits")
+    assert info.mean == (float(mean),) and info.std == (float(std),)
+    expected = torch.from_numpy(((x_va - mean) / std).reshape(-1, 1, 8, 8).astype(np.float32))
+    assert torch.equal(val.tensors[0], expected) and torch.equal(val.tensors[1], torch.from_numpy(y_va))
+    assert torch.equal(train.tensors[1], torch.from_numpy(y_tr))
+
+
 # ---------------------------------------------------------------- CIFAR
 
 

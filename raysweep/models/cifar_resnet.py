@@ -9,13 +9,23 @@ pruner can slice residual channels like any other conv; He et al.'s option A
 """
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn as nn
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from raysweep.models.registry import register_model
 
-Block = type[BasicBlock] | type[Bottleneck]
+# torchvision's blocks are imported when a ResNet is built, not when the registry loads: importing
+# torchvision costs seconds (it pulls in torch._dynamo), paid by every Ray worker that unpickles
+# the training loop, while most runs never build a ResNet.
+Block = Any  # torchvision.models.resnet.BasicBlock or Bottleneck
+
+
+def _block(name: str) -> Block:
+    from torchvision.models import resnet
+
+    return getattr(resnet, name)
 
 
 class CifarResNet(nn.Module):
@@ -63,15 +73,15 @@ class CifarResNet(nn.Module):
 
 
 # name -> (registry key, block, blocks per stage, widths)
-_SPECS: dict[str, tuple[str, Block, list[int], list[int]]] = {
-    "resnet20": ("resnet20", BasicBlock, [3, 3, 3], [16, 32, 64]),
-    "resnet32": ("resnet32", BasicBlock, [5, 5, 5], [16, 32, 64]),
-    "resnet56": ("resnet56", BasicBlock, [9, 9, 9], [16, 32, 64]),
-    "resnet110": ("resnet110", BasicBlock, [18, 18, 18], [16, 32, 64]),
+_SPECS: dict[str, tuple[str, str, list[int], list[int]]] = {
+    "resnet20": ("resnet20", "BasicBlock", [3, 3, 3], [16, 32, 64]),
+    "resnet32": ("resnet32", "BasicBlock", [5, 5, 5], [16, 32, 64]),
+    "resnet56": ("resnet56", "BasicBlock", [9, 9, 9], [16, 32, 64]),
+    "resnet110": ("resnet110", "BasicBlock", [18, 18, 18], [16, 32, 64]),
     # Same names as torchvision's ImageNet ResNets: registered with a cifar_ prefix.
-    "resnet18": ("cifar_resnet18", BasicBlock, [2, 2, 2, 2], [64, 128, 256, 512]),
-    "resnet34": ("cifar_resnet34", BasicBlock, [3, 4, 6, 3], [64, 128, 256, 512]),
-    "resnet50": ("cifar_resnet50", Bottleneck, [3, 4, 6, 3], [64, 128, 256, 512]),
+    "resnet18": ("cifar_resnet18", "BasicBlock", [2, 2, 2, 2], [64, 128, 256, 512]),
+    "resnet34": ("cifar_resnet34", "BasicBlock", [3, 4, 6, 3], [64, 128, 256, 512]),
+    "resnet50": ("cifar_resnet50", "Bottleneck", [3, 4, 6, 3], [64, 128, 256, 512]),
 }
 
 
@@ -80,10 +90,10 @@ def _make(short: str):
 
     @register_model(key, family="cifar", input_size=(3, 32, 32), num_classes=10, short_name=short)
     def build(num_classes: int = 10, input_size: tuple[int, int, int] = (3, 32, 32)) -> CifarResNet:
-        return CifarResNet(block, layers, widths, num_classes, in_chans=input_size[0])
+        return CifarResNet(_block(block), layers, widths, num_classes, in_chans=input_size[0])
 
     build.__name__ = build.__qualname__ = key
-    build.__doc__ = f"CIFAR {short} ({block.__name__}, stages {layers}, widths {widths})."
+    build.__doc__ = f"CIFAR {short} ({block}, stages {layers}, widths {widths})."
     return build
 
 

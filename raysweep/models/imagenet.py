@@ -12,30 +12,54 @@ import os
 from typing import Callable
 from urllib.parse import urlparse
 
+import functools
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn as nn
-import torchvision.models as tvm
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from raysweep.models.registry import register_model
+
+if TYPE_CHECKING:
+    import torchvision.models as tvm
 
 log = logging.getLogger(__name__)
 
 IMAGENET_CLASSES = 1000
 
 
-class ResNet(tvm.ResNet):
-    """torchvision's ResNet with the classifier named ``last_linear``."""
+def _tvm():
+    """torchvision.models, imported on first use: it costs seconds (torch._dynamo comes with it)
+    in every process that merely loads the model registry."""
+    import torchvision.models
 
-    def __init__(self, *args, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.last_linear = self.fc
-        del self.fc
+    return torchvision.models
 
-    def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-        x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-        return self.last_linear(torch.flatten(self.avgpool(x), 1))
+
+@functools.cache
+def _resnet_class() -> type:
+    tvm = _tvm()
+
+    class ResNet(tvm.ResNet):
+        """torchvision's ResNet with the classifier named ``last_linear``."""
+
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            self.last_linear = self.fc
+            del self.fc
+
+        def _forward_impl(self, x: torch.Tensor) -> torch.Tensor:
+            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
+            return self.last_linear(torch.flatten(self.avgpool(x), 1))
+
+    return ResNet
+
+
+def _resnet(block: str, layers: list[int], num_classes: int) -> nn.Module:
+    from torchvision.models import resnet
+
+    return _resnet_class()(getattr(resnet, block), layers, num_classes=num_classes)
 
 
 def hub_checkpoint_path(weights: tvm.WeightsEnum) -> str:
@@ -101,7 +125,7 @@ _FC_RENAME = {"fc.": "last_linear."}
 def resnet18(num_classes: int = 1000, input_size: tuple[int, int, int] = (3, 224, 224),
              pretrained: bool = False, weights: str = "IMAGENET1K_V1") -> nn.Module:
     """torchvision ResNet-18 with ``last_linear``."""
-    return _build(lambda n: ResNet(BasicBlock, [2, 2, 2, 2], num_classes=n), tvm.ResNet18_Weights,
+    return _build(lambda n: _resnet("BasicBlock", [2, 2, 2, 2], n), _tvm().ResNet18_Weights,
                   "last_linear", num_classes, input_size, pretrained, weights, _FC_RENAME)
 
 
@@ -109,7 +133,7 @@ def resnet18(num_classes: int = 1000, input_size: tuple[int, int, int] = (3, 224
 def resnet50(num_classes: int = 1000, input_size: tuple[int, int, int] = (3, 224, 224),
              pretrained: bool = False, weights: str = "IMAGENET1K_V1") -> nn.Module:
     """torchvision ResNet-50 with ``last_linear``; V1 weights by default, as the seed used."""
-    return _build(lambda n: ResNet(Bottleneck, [3, 4, 6, 3], num_classes=n), tvm.ResNet50_Weights,
+    return _build(lambda n: _resnet("Bottleneck", [3, 4, 6, 3], n), _tvm().ResNet50_Weights,
                   "last_linear", num_classes, input_size, pretrained, weights, _FC_RENAME)
 
 
@@ -117,7 +141,7 @@ def resnet50(num_classes: int = 1000, input_size: tuple[int, int, int] = (3, 224
 def vgg16(num_classes: int = 1000, input_size: tuple[int, int, int] = (3, 224, 224),
           pretrained: bool = False, weights: str = "IMAGENET1K_V1") -> nn.Module:
     """torchvision VGG-16 (no BN)."""
-    return _build(lambda n: tvm.vgg16(weights=None, num_classes=n), tvm.VGG16_Weights,
+    return _build(lambda n: _tvm().vgg16(weights=None, num_classes=n), _tvm().VGG16_Weights,
                   "classifier.6", num_classes, input_size, pretrained, weights)
 
 
@@ -125,7 +149,7 @@ def vgg16(num_classes: int = 1000, input_size: tuple[int, int, int] = (3, 224, 2
 def vgg16_bn(num_classes: int = 1000, input_size: tuple[int, int, int] = (3, 224, 224),
              pretrained: bool = False, weights: str = "IMAGENET1K_V1") -> nn.Module:
     """torchvision VGG-16 with BatchNorm."""
-    return _build(lambda n: tvm.vgg16_bn(weights=None, num_classes=n), tvm.VGG16_BN_Weights,
+    return _build(lambda n: _tvm().vgg16_bn(weights=None, num_classes=n), _tvm().VGG16_BN_Weights,
                   "classifier.6", num_classes, input_size, pretrained, weights)
 
 
@@ -136,8 +160,8 @@ def inception_v3(num_classes: int = 1000, input_size: tuple[int, int, int] = (3,
 
     def make(n: int) -> nn.Module:
         # torchvision's pretrained weights expect its input re-normalisation (transform_input).
-        return tvm.inception_v3(weights=None, num_classes=n, aux_logits=False,
+        return _tvm().inception_v3(weights=None, num_classes=n, aux_logits=False,
                                 init_weights=False, transform_input=pretrained)
 
-    return _build(make, tvm.Inception_V3_Weights, "fc", num_classes, input_size, pretrained,
+    return _build(make, _tvm().Inception_V3_Weights, "fc", num_classes, input_size, pretrained,
                   weights, drop_prefixes=("AuxLogits.",))
