@@ -18,6 +18,7 @@ from __future__ import annotations
 import base64
 import html
 import logging
+from collections.abc import Mapping
 from pathlib import Path
 
 import numpy as np
@@ -130,23 +131,36 @@ def _level_table(done: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
+def plot_axes(objectives: Mapping[str, str], columns) -> list[dict[str, str]]:
+    """The 2-D views of the objectives: accuracy against each other objective (sparsity first),
+    or the first two objectives when accuracy is not one of them."""
+    obj = dict(objectives)
+    if "accuracy" not in obj:
+        if {"sparsity", "accuracy"} <= set(columns) and len(obj) < 2:
+            return [{"sparsity": obj.get("sparsity", "max"), "accuracy": "max"}]
+        return [dict(list(obj.items())[:2])]
+    others = sorted((k for k in obj if k != "accuracy"), key=lambda k: k != "sparsity")
+    if not others:
+        others = ["sparsity"] if "sparsity" in columns else []
+    return [{k: obj.get(k, "max"), "accuracy": obj["accuracy"]} for k in others] or [{"accuracy": obj["accuracy"]}]
+
+
 def plot_pareto(trials: pd.DataFrame, path: str | Path,
-                objectives: ObjectivesLike = None, title: str = "") -> Path:
-    """Accuracy vs sparsity, one colour per method, each method's front as a step line.
+                objectives: ObjectivesLike = None, title: str = "",
+                axes: Mapping[str, str] | None = None) -> Path:
+    """Accuracy vs sparsity (or ``axes``: x then y objective), one colour per method, each
+    method's front as a step line.
 
     Finished trials only. Fronts and fading use the two plotted axes (extra objectives are
-    ignored here); the overall front gets black edges. Uses the Agg canvas directly, so
-    the caller's pyplot backend is left alone.
+    ignored here; ``write_reports`` draws one plot per pair); the overall front gets black
+    edges. Uses the Agg canvas directly, so the caller's pyplot backend is left alone.
     """
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
     import matplotlib
 
     obj = normalize_objectives(objectives, trials)
-    if {"sparsity", "accuracy"} <= set(trials.columns):
-        axes = {"sparsity": obj.get("sparsity", "max"), "accuracy": obj.get("accuracy", "max")}
-    else:
-        axes = dict(list(obj.items())[:2])
+    axes = dict(axes) if axes else plot_axes(obj, trials.columns)[0]
     done = trials[finished_mask(trials)]
     fig = Figure(figsize=(7.5, 5.0), layout="constrained")
     FigureCanvasAgg(fig)
@@ -304,7 +318,11 @@ def write_reports(trials: pd.DataFrame, out_dir: str | Path,
     frame = trials.reset_index() if trials.index.name is not None else trials
     frame.to_csv(paths["trials"], index=False)
     pareto_table(frame, obj).to_csv(paths["pareto"], index=False)
-    plot_pareto(frame, paths["plot"], obj, title=title)
+    views = plot_axes(obj, frame.columns)
+    plot_pareto(frame, paths["plot"], obj, title=title, axes=views[0])
+    for view in views[1:]:  # e.g. accuracy vs latency beside accuracy vs sparsity
+        x = next(iter(view))
+        paths[f"plot_{x}"] = plot_pareto(frame, out / f"pareto_{x}.png", obj, title=title, axes=view)
     blocks = _sections(frame, obj, ref, title)
     paths["markdown"].write_text(_markdown(blocks), encoding="utf-8")
     paths["html"].write_text(_html(blocks, title, paths["plot"]), encoding="utf-8")

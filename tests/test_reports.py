@@ -121,3 +121,16 @@ def test_print_front_table(trials):
     assert f"{len(front)} of 11 finished trials" in text
     assert all(t in text for t in front["trial_id"])
     assert "t07" not in text
+
+
+def test_a_latency_objective_gets_its_own_front_plot(tmp_path):
+    frame = pd.DataFrame({
+        "trial_id": ["a", "b", "c"], "status": "TERMINATED", "method": ["irregular", "filter", "filter"],
+        "accuracy": [0.99, 0.97, 0.95], "sparsity": [0.5, 0.6, 0.7], "latency_ms_b64": [3.0, 2.0, 2.5],
+    })
+    paths = write_reports(frame, tmp_path, {"accuracy": "max", "sparsity": "max", "latency_ms_b64": "min"})
+    assert paths["plot"] == tmp_path / "pareto.png" and paths["plot"].is_file()
+    assert paths["plot_latency_ms_b64"] == tmp_path / "pareto_latency_ms_b64.png"
+    assert paths["plot_latency_ms_b64"].stat().st_size > 1000
+    front = pd.read_csv(paths["pareto"])
+    assert set(front.loc[front["front"] == "all", "trial_id"]) == {"a", "b", "c"}  # c: sparsest
