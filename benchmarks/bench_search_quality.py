@@ -8,7 +8,8 @@ point: accuracy 0.9, sparsity 0; a trial below 90% accuracy adds nothing), per m
                 (about 5 values per method; the first conv / output layer kept as the space keeps them);
   (b) random    Ray Tune random search over the per-layer ratios of the default space;
   (c) default   raysweep's default strategy: the shipped default space (``--space``), its budget
-                set to 24 trials in all.
+                set to 24 trials in all;
+  shaped        (a)'s grid of global targets, LAMP-shaped for irregular/filter/stripe (a candidate).
 
     python benchmarks/bench_search_quality.py [--seeds 0 1 2] [--space digits] [--trials 24]
 
@@ -58,6 +59,19 @@ def uniform_space(base: dict, trials: int) -> dict:
     return space
 
 
+def shaped_space(base: dict, trials: int, family: str = "lamp") -> dict:
+    """(a)'s grid of global targets, each shaped by an allocation family where one applies
+    (irregular, filter, stripe); pattern and N:M keep (a)'s uniform grid. Then the space's
+    searcher fills whatever budget the grid leaves."""
+    space = uniform_space(base, trials)
+    for point in space["points"]:
+        if point["method"] in ("irregular", "filter", "stripe"):
+            target = point["ratios"].pop("*")
+            point["allocation"] = {"family": family, "target": target}
+    space["trials"] = max(0, trials - len(space["points"]))
+    return space
+
+
 def random_space(base: dict, trials: int) -> dict:
     space = copy.deepcopy(base)
     space.update(points=[], trials=trials, search="random")
@@ -70,7 +84,7 @@ def default_space(base: dict, trials: int) -> dict:
     return space
 
 
-STRATEGIES = {"uniform": uniform_space, "random": random_space, "default": default_space}
+STRATEGIES = {"uniform": uniform_space, "random": random_space, "default": default_space, "shaped": shaped_space}
 
 
 def front_volumes(trials: pd.DataFrame) -> dict[str, float]:
@@ -87,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--space", default="digits", help="the space strategy (c) runs; (a) and (b) take its model, data and ranges")
     p.add_argument("--baseline_space", default="digits", help="the space whose per-layer ranges (b) searches")
     p.add_argument("--trials", type=int, default=24)
-    p.add_argument("--strategies", nargs="+", default=list(STRATEGIES), choices=list(STRATEGIES))
+    p.add_argument("--strategies", nargs="+", default=["uniform", "random", "default"], choices=list(STRATEGIES),
+                   help="shaped: (a)'s target grid shaped by LAMP, a candidate default")
     p.add_argument("--storage", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
@@ -100,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for seed in args.seeds:
         for name in args.strategies:
-            base = spaces["default" if name == "default" else "baseline"]
+            base = spaces["default" if name in ("default", "shaped") else "baseline"]
             mapping = STRATEGIES[name]({**base, "seed": seed, "dense": weights}, args.trials)
             start = time.perf_counter()
             exp = run_sweep(load_space(mapping), storage, f"{name}-s{seed}")

@@ -104,12 +104,16 @@ def test_digits_param_space_keys_and_domain_types():
     assert flat["schedule_params/agp/end_epoch"] == 2
     assert isinstance(flat["method"], Categorical) and flat["method"].categories == list(space.methods)
     assert isinstance(flat["schedule"], Categorical) and flat["schedule"].categories == ["oneshot", "agp"]
-    assert isinstance(flat["irregular/features.3.weight"], Float)
-    assert isinstance(flat["irregular/features.3.weight"].get_sampler(), Uniform)
+    assert isinstance(flat["pattern/features.*"], Float)
+    assert isinstance(flat["pattern/features.*"].get_sampler(), Uniform)
+    assert isinstance(flat["irregular/allocation/target"].get_sampler(), Uniform)
+    assert space.allocations["irregular"].family == "lamp"
     assert isinstance(flat["lr"].get_sampler(), LogUniform)
     assert isinstance(flat["nm/*"], Categorical) and "m4n2" in flat["nm/*"].categories
+    assert isinstance(flat["nm_permute"], Categorical) and flat["nm_permute"].categories == [True, False]
     assert flat["nm/features.0.weight"] == 0.0 and flat["epochs"] == 3
-    assert len(points) == 5 and all(isinstance(p["lr"], float) for p in points)
+    assert len(points) == 19 and all(isinstance(p["lr"], float) for p in points)
+    assert {p["method"] for p in points} == set(space.methods)
 
 
 def test_sampled_config_gives_int_fields_and_resolvable_targets():
@@ -155,11 +159,12 @@ def test_point_index_is_authoritative_and_minus_one_means_searched():
     space = load_space("digits")
     param_space, points = to_tune(space)
     # the sweep driver sends points as {every param_space key: None, **point}
-    run = trial_run_config(space, {**dict.fromkeys(param_space), **points[4]}, RunConfig())
-    assert run.method == "nm" and run.targets == {"*": "m4n2", "features.0.weight": 0.0}
-    cfg = {**sample(param_space, random.Random(3)), "method": "irregular", "point": -1}
+    index = next(i for i, p in enumerate(points) if p["method"] == "nm")
+    run = trial_run_config(space, {**dict.fromkeys(param_space), **points[index]}, RunConfig())
+    assert run.method == "nm" and run.targets == {"*": "m4n2", "features.0.weight": 0.0} and run.nm_permute is True
+    cfg = {**sample(param_space, random.Random(3)), "method": "pattern", "point": -1}
     run = trial_run_config(space, cfg, RunConfig())
-    assert run.method == "irregular" and run.targets["features.3.weight"] == cfg["irregular"]["features.3.weight"]
+    assert run.method == "pattern" and run.targets["features.*"] == cfg["pattern"]["features.*"]
 
 
 @pytest.mark.skipif(not SEED.is_dir(), reason="reference project not present")
@@ -169,12 +174,12 @@ def test_reference_copies_are_unchanged():
 
 
 def test_overrides():
-    space = load_space("digits", ["trials=3", "resources.workers_per_trial=2", "methods=[irregular]", "lr=1e-3"])
+    space = load_space("digits", ["trials=3", "resources.workers_per_trial=2", "methods=[pattern]", "lr=1e-3", "points=[]"])
     assert space.trials == 3 and space.resources.workers_per_trial == 2 and space.lr == 0.001
-    assert list(space.methods) == ["irregular"]
-    assert space.methods["irregular"] == load_space("digits").methods["irregular"]  # targets kept
-    space = load_space("digits", ["methods.irregular.features.*=0.4", 'methods.nm."classifier.0.weight"=m8n2'])
-    assert space.methods["irregular"]["features.*"] == 0.4 and space.methods["nm"]["classifier.0.weight"] == "m8n2"
+    assert list(space.methods) == ["pattern"]
+    assert space.methods["pattern"] == load_space("digits").methods["pattern"]  # targets kept
+    space = load_space("digits", ["methods.pattern.features.*=0.7", 'methods.nm."classifier.0.weight"=m8n2'])
+    assert space.methods["pattern"]["features.*"] == 0.7 and space.methods["nm"]["classifier.0.weight"] == "m8n2"
     assert override_path("ratios.layer1.0.conv1.weight") == ["ratios", "layer1.0.conv1.weight"]
     assert override_path("points.0.ratios.block0.3.weight") == ["points", "0", "ratios", "block0.3.weight"]
     with pytest.raises(SpaceError, match="did you mean 'trials'"):
