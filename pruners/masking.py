@@ -247,7 +247,12 @@ def step(model: nn.Module, *, fraction: float = 1.0, enforce: bool = True) -> No
 
 
 def squash(model: nn.Module) -> nn.Module:
-    """Remove the masks, leaving plain ``weight`` Parameters with the zeros in place (export)."""
+    """Remove the masks, leaving plain ``weight`` Parameters with the zeros in place (export).
+
+    In place. Not on a ``copy.deepcopy`` of a masked model whose original is still used: torch
+    shares the parametrized module class between the copies, and removing the parametrization
+    from one deletes ``weight`` from the other; ``pruners.compact.squashed_copy`` is safe.
+    """
     for name, module, tensor_name, _ in list(_entries(model)):
         plist = module.parametrizations[tensor_name]
         if not all(isinstance(p, WeightMask) for p in plist):

@@ -2,7 +2,8 @@
 `ray job stop` and `--resume`. Real Ray processes on loopback, no mocks.
 
 One head node and one worker node (2 CPUs each) serve the whole module, and one sweep serves
-every check: submitted, stopped after its first trial, submitted again with --resume.
+every check: submitted, stopped once its first trial has finished (the stop lands while later
+trials still run), submitted again with --resume.
 
 Which node runs the trials is made certain, not left to timing: a trial's worker takes 1.5 CPUs,
 and each job's driver reserves 1 CPU on the node it is sent to (`--entrypoint-num-cpus 1
