@@ -22,7 +22,6 @@ import argparse
 import copy
 import logging
 import os
-import statistics
 import tempfile
 import time
 from pathlib import Path

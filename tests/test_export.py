@@ -16,31 +16,13 @@ from raysweep import export
 from raysweep.config import RunConfig
 from raysweep.models import create_model
 
+from helpers import one_thread, randomize  # noqa: F401  (one_thread: autouse fixture)
+
 TOL = 1e-5
 
 
-def randomize(model: nn.Module, seed: int = 0) -> nn.Module:
-    """Random BN statistics/affine and biases: dead channels become non-zero constants."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return model.eval()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def masked(name: str, targets: dict, method: str, seed: int = 0) -> nn.Module:

@@ -21,6 +21,8 @@ from raysweep.models import (
 )
 from raysweep.models import small
 
+from helpers import one_thread  # noqa: F401  (autouse fixture: one torch thread)
+
 SEED_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "seed" / "prune_config"
 
 
@@ -34,13 +36,6 @@ def no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small forwards on a shared 2-core box: one thread avoids OpenMP spin contention (~10x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @functools.lru_cache(maxsize=None)
