@@ -98,7 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--space", default="digits", help="the space strategy (c) runs; (a) and (b) take its model, data and ranges")
-    p.add_argument("--baseline_space", default="digits", help="the space whose per-layer ranges (b) searches")
+    p.add_argument("--baseline_space", default="digits_layerwise", help="the space whose per-layer ranges (b) searches")
     p.add_argument("--trials", type=int, default=24)
     p.add_argument("--strategies", nargs="+", default=["uniform", "random", "default"], choices=list(STRATEGIES),
                    help="shaped: (a)'s target grid shaped by LAMP, a candidate default")

@@ -30,7 +30,7 @@ from raysweep.space_validate import Dist, build_model
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 REFERENCE = SPACES_DIR / "reference"
 SEED = Path("/work/shared/seed/prune_config")
-SHIPPED = ["cifar10_resnet56", "cifar10_vgg16", "digits", "digits_allocation", "imagenet_resnet18"]
+SHIPPED = ["cifar10_resnet56", "cifar10_vgg16", "digits", "digits_allocation", "digits_layerwise", "imagenet_resnet18"]
 DOCUMENTED_KEYS = {
     "name", "model", "dataset", "data_root", "dense", "dense_epochs", "dense_lr", "trials", "search",
     "sampler", "seed", "scheduler", "asha", "objectives", "resources", "epochs", "lr", "batch_size", "wd",
