@@ -348,6 +348,10 @@ def parse_space(raw: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
         problems.add("trials", "nothing to run: trials is 0 and there are no points")
     if out["search"] == "grid":
         _grid_problems(out, problems)
+    elif out["trials"] and out["methods"] and len(out["methods"]) < 2 and len(out["schedules"]) < 2 and not _searched(out):
+        # Optuna (random or not) has no dimension to sample: every "searched" trial would be the same.
+        problems.add("trials", f"{out['trials']} searched trials but nothing to search (one method, one schedule, "
+                     "no distribution): set trials: 0 to run only the points, or give a distribution")
     _epoch_problems(out, problems)
     _model_problems(out, problems)
     return out

@@ -432,3 +432,11 @@ def test_allocation_grid_and_point_rules():
     assert param_space["irregular"]["allocation"] == {"family": {"grid_search": ["erk", "uniform"]}, "target": {"grid_search": [0.5, 0.9]}}
     with pytest.raises(SpaceError, match="not a 'config_file'"):
         load_space({"trials": 0, "points": [{"method": "irregular", "allocation": {"family": "erk", "target": 0.5}, "config_file": str(REFERENCE / "vgg16_cifar10_irre.yaml")}]})
+
+
+def test_searched_trials_with_nothing_to_search_is_a_space_error():
+    fixed = {"trials": 2, "search": "random", "methods": {"irregular": {"*": 0.5}}, "schedules": {"oneshot": {}}}
+    with pytest.raises(SpaceError, match="nothing to search"):
+        load_space(fixed)
+    load_space({**fixed, "trials": 0, "points": [{"method": "irregular", "ratios": {"*": 0.5}}]})  # points only: fine
+    load_space({**fixed, "methods": {"irregular": {"*": 0.5}, "filter": {"*": 0.3}}})  # the method is searched
