@@ -108,9 +108,10 @@ def test_table_on_ray_matches_direct_pruning_and_drives_the_family(ray_local, de
 
     from raysweep.space import load_space, trial_targets
 
-    space = load_space({"trials": 1, "methods": {"irregular": {
-        "allocation": {"family": "sensitivity", "target": 0.7, "table": str(out / "sensitivity.csv")}, "features.0.weight": 0.0,
-    }}})  # fmt: skip
-    targets = trial_targets(space, {"method": "irregular"})
+    space = load_space({"trials": 0, "points": [{
+        "method": "irregular", "ratios": {"features.0.weight": 0.0},
+        "allocation": {"family": "sensitivity", "target": 0.7, "table": str(out / "sensitivity.csv")},
+    }]})  # fmt: skip
+    targets = trial_targets(space, {"point": 0})
     sizes = {n: create_model("digits_cnn", dataset="digits").get_parameter(n).numel() for n in LAYERS}
     assert sum(pruners.selection.count_for_ratio(r, sizes[n]) for n, r in targets.items()) == pruners.selection.count_for_ratio(0.7, 40208)
