@@ -81,7 +81,7 @@ def target_sparsity(model: nn.Module, targets: dict[str, Any]) -> float:
             m, n = pruners.parse_nm(target)
             removed += numel * (1 - n / m)
         else:
-            removed += math.floor(float(target) * numel + 0.5)
+            removed += pruners.selection.count_for_ratio(float(target), numel)
     return removed / total if total else 0.0
 
 
@@ -176,6 +176,7 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
     example = torch.zeros((1, *info.input_size))
 
     schedule = pruners.get_schedule(cfg.schedule, **cfg.schedule_params) if cfg.method else None
+    saved = session.resume_payload()  # the checkpoint to continue from, applied once masks exist
     ratios: dict[str, Any] = {}
     if cfg.method:
         if cfg.allocation:
@@ -183,7 +184,9 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
             cfg.targets = resolve_allocation(model, cfg.method, cfg.targets, cfg.allocation)
             ratios.update(allocation=cfg.allocation["family"], global_target=cfg.allocation["target"])
         if cfg.nm_permute and cfg.method == "nm":
-            ratios["nm_permute_gain"] = _permute_for_nm(model, cfg, example, rank)
+            # A resumed run's checkpoint holds the permuted weights already: no second search.
+            gain = saved["metrics"].get("nm_permute_gain") if saved is not None else None
+            ratios["nm_permute_gain"] = _permute_for_nm(model, cfg, example, rank) if gain is None else gain
         # The per-parameter targets travel with every report: the sweep's ratio/<param> columns.
         resolved = pruners.resolve_targets(model, cfg.targets)
         ratios.update({f"ratio/{k}": v for k, v in resolved.items()})
@@ -195,7 +198,6 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
 
     # Carried in every checkpoint, so a restarted or resumed run keeps its whole history.
     state: dict[str, Any] = {"epoch": -1, "best_accuracy": float("nan"), "train_s": 0.0, "history": []}
-    saved = session.resume_payload()
     if saved is not None:
         model.load_state_dict(saved["model"])
         state.update({k: saved[k] for k in state})
