@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--storage", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     storage = Path(args.storage or tempfile.mkdtemp(prefix="raysweep-overhead-")).resolve()
     space = load_space(space_mapping(args.trials, args.workers, args.epochs, args.cpus_per_worker))
 

@@ -1,7 +1,7 @@
 """Where the training loop runs: in Ray Train's DDP workers, or in a Ray Tune trial's own process.
 
 The loop (``raysweep.loop.run_loop``) talks only to a ``LoopSession``: rank, world size, device,
-the checkpoint to resume from, model/loader preparation and the per-epoch report. Two sessions:
+the checkpoint to resume from, model/loader preparation and the per-epoch report. Three sessions:
 
 * ``TrainSession`` — inside a ``TorchTrainer`` worker (``raysweep.train``/``.prune`` and every
   multi-worker sweep trial): DDP over the worker group, checkpoints through Ray Train.

@@ -348,11 +348,10 @@ def trial_run_config(space: SearchSpace, config: Mapping[str, Any], base: RunCon
     the training worker resolves once the dense weights are loaded (``trial_allocation``).
     """
     t = _trial(space, config)
-    extra = {"allocation": t.allocation or {}}
     return dataclasses.replace(
         base, method=t.method, targets=t.targets, schedule=t.schedule,
         schedule_params=cast_schedule_params(t.schedule, t.params),
-        **{h: cast_like(kind, t.hparams[h]) for h, kind in HPARAM_TYPES.items()}, **extra,
+        **{h: cast_like(kind, t.hparams[h]) for h, kind in HPARAM_TYPES.items()}, allocation=t.allocation or {},
     )  # fmt: skip
 
 

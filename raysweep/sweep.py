@@ -33,6 +33,16 @@ log = logging.getLogger("raysweep.sweep")
 # trial's Train workers, which reserve the CPUs/GPUs. This keeps the function's share tiny.
 TRIAL_FUNCTION_CPU = 0.001
 
+# Ray Tune settings for a sweep; each is only a default, a value in the environment wins
+# (README "Ray settings"; Ray Train's own are raysweep.engine.RAY_ENV_DEFAULTS).
+TUNE_ENV_DEFAULTS = {
+    # Tune's newer console output ignores custom reporters; ours shows the columns that matter.
+    "RAY_AIR_NEW_OUTPUT": "0",
+    # Keeping one checkpoint per trial makes Tune snapshot its (small) experiment state at each
+    # epoch's checkpoint; with short trials that happens often and Tune warns every time.
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+}
+
 
 @dataclass
 class SweepContext:
@@ -240,15 +250,10 @@ def progress_reporter(space: SearchSpace):
 
 def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = False, address: Optional[str] = None) -> Path:
     """Run (or resume) the sweep; returns the experiment directory. Inputs must be checked."""
-    import os
-
     import ray.tune as tune
 
-    # Tune's newer console output ignores custom reporters; ours shows the columns that matter.
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # Keeping one checkpoint per trial makes Tune snapshot its (small) experiment state at each
-    # epoch's checkpoint; with short trials that happens often and Tune warns every time.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    for key, value in TUNE_ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
     init_ray(address)
     storage = storage.expanduser().resolve()
     weights = dense_weights(space, storage, address)

@@ -36,7 +36,6 @@ DOCUMENTED_KEYS = {
     "sampler", "seed", "scheduler", "asha", "objectives", "resources", "epochs", "lr", "batch_size", "wd",
     "nm_permute", "measure_latency", "methods", "ratios", "schedules", "points",
 }  # fmt: skip
-ALLOC_RUN_CONFIG = RunConfig
 
 
 def real_model(name: str, dataset: str):
@@ -75,7 +74,7 @@ def test_shipped_space_loads_validates_and_converts(name):
     model = build_model(space.model, space.dataset)
     for method in space.methods:  # every method, with sampled values, resolves on the model
         cfg = sample({**param_space, "method": method}, random.Random(0))
-        run = trial_run_config(space, cfg, ALLOC_RUN_CONFIG())
+        run = trial_run_config(space, cfg, RunConfig())
         assert run.method == method and (pruners.resolve_targets(model, run.targets) or method in space.allocations)
         if method in space.allocations:  # allocation families resolve with the dense weights
             targets = trial_targets(space, cfg, real_model(space.model, space.dataset))
@@ -315,7 +314,7 @@ def test_allocation_space_tune_domains_and_trials():
         spec = trial_allocation(space, cfg)
         alloc = cfg["irregular"]["allocation"]
         assert spec == {"family": alloc["family"], "target": alloc["target"], "perturb": {"features.*": alloc["perturb"]["features.*"]}, "mode": "add"}
-        run = trial_run_config(space, cfg, ALLOC_RUN_CONFIG())
+        run = trial_run_config(space, cfg, RunConfig())
         assert run.method == "irregular" and run.targets == {"features.0.weight": 0.0} and run.allocation == spec
         targets = trial_targets(space, cfg, model)
         assert targets["features.0.weight"] == 0.0 and removed(targets) == pruners.selection.count_for_ratio(spec["target"], 40208)
@@ -323,7 +322,7 @@ def test_allocation_space_tune_domains_and_trials():
     assert seen == {"erk", "lamp", "uniform"}
     nm_cfg = {**sample(param_space, rng), "method": "nm"}
     assert trial_allocation(space, nm_cfg) is None and trial_targets(space, nm_cfg)["features.3.weight"] == "m4n2"
-    assert ALLOC_RUN_CONFIG().allocation == {}  # a per-layer trial leaves the base's (empty) allocation
+    assert RunConfig().allocation == {}  # a per-layer trial leaves the base's (empty) allocation
 
 
 def test_weight_families_need_real_weights_and_erk_does_not():
@@ -416,7 +415,7 @@ def test_allocation_overrides_points_and_round_trip():
     _, points = to_tune(space)
     spec = {"family": "erk", "target": 0.4, "perturb": {}, "mode": "add"}
     assert trial_allocation(space, points[0]) == spec
-    run = trial_run_config(space, points[0], ALLOC_RUN_CONFIG())
+    run = trial_run_config(space, points[0], RunConfig())
     assert (run.method, run.targets, run.allocation) == ("filter", {"classifier.2.weight": 0.0}, spec)
     targets = trial_targets(space, points[0])
     assert targets["classifier.2.weight"] == 0.0 and removed(targets) == pruners.selection.count_for_ratio(0.4, 40208)
