@@ -43,11 +43,8 @@ def load_sweep_info(exp_dir: Path) -> dict[str, Any]:
 
 
 def _last_checkpoint(exp_dir: Path, trial) -> str:
-    """A TorchTrainer trial's checkpoints live under ``trials/<id>/``; an in-process trial's are
-    Tune's own, in the trial folder (``checkpoint_000002/``)."""
+    """Every trial keeps its checkpoints under ``trials/<id>/`` (raysweep.session)."""
     found = sorted((exp_dir / "trials" / trial.trial_id).glob("checkpoint_epoch*/checkpoint.pt"))
-    if not found and trial.path:
-        found = sorted(Path(trial.path).glob("checkpoint_*/checkpoint.pt"))
     return str(found[-1]) if found else ""
 
 

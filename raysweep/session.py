@@ -8,13 +8,17 @@ the checkpoint to resume from, model/loader preparation and the per-epoch report
 * ``LocalSession`` — no Ray at all: the same loop in this process (tests, benchmarks).
 * ``TuneSession`` — a one-worker sweep trial runs the loop in the Tune trial's process itself.
   A one-rank "DDP" needs no worker group, no process group and no controller; skipping them
-  is what takes a trial's fixed cost from ~10-20 s down to about a second (issue #6). Failure
-  handling and resume come from Tune's own trial checkpoints instead of Ray Train's.
+  is what takes a trial's fixed cost from ~10-20 s down to about a second (issue #6). The trial
+  keeps its own checkpoints (``TrialCheckpoints``), not Tune's: Tune deletes a superseded
+  checkpoint before its experiment state stops naming it, so a driver killed in between left a
+  resume that failed on a checkpoint that no longer existed.
 """
 from __future__ import annotations
 
 import logging
 import os
+import re
+import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,6 +28,8 @@ import torch
 import torch.nn as nn
 
 CHECKPOINT_FILE = "checkpoint.pt"
+
+log = logging.getLogger("raysweep.session")
 
 
 class LoopSession(Protocol):
@@ -109,17 +115,59 @@ class TrainSession:
             )
 
 
+class TrialCheckpoints:
+    """One trial's checkpoints in ``<trials_dir>/<trial_id>/checkpoint_epochNNNN/``, the layout
+    a TorchTrainer trial's have too. Each is written to a temporary folder and renamed into
+    place, then older ones are removed: whenever the driver or the trial dies, the folder holds
+    at least one complete checkpoint, and a resumed trial starts from the newest."""
+
+    PATTERN = re.compile(r"checkpoint_epoch(\d+)$")
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+
+    def _saved(self) -> list[tuple[int, Path]]:
+        if not self.folder.is_dir():
+            return []
+        found = [(int(m.group(1)), p) for p in self.folder.iterdir() if (m := self.PATTERN.match(p.name)) and p.is_dir()]
+        return sorted(found)
+
+    def latest(self) -> Optional[dict[str, Any]]:
+        """The newest checkpoint that loads; one that does not is skipped with a warning."""
+        for epoch, path in reversed(self._saved()):
+            try:
+                return torch.load(path / CHECKPOINT_FILE, map_location="cpu", weights_only=True)
+            except Exception as exc:  # noqa: BLE001 - any unreadable file means: use an older one
+                log.warning("skipping unreadable checkpoint %s: %s", path, exc)
+        return None
+
+    def save(self, payload: dict[str, Any], epoch: int) -> Path:
+        self.folder.mkdir(parents=True, exist_ok=True)
+        final = self.folder / f"checkpoint_epoch{epoch:04d}"
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.folder))
+        torch.save(payload, tmp / CHECKPOINT_FILE)
+        if final.exists():  # the same epoch again (a trial restarted before this one was superseded)
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        for other_epoch, path in self._saved():
+            if other_epoch < epoch:
+                shutil.rmtree(path, ignore_errors=True)
+        for stale in self.folder.glob(".checkpoint_epoch*"):  # left by a trial killed mid-write
+            shutil.rmtree(stale, ignore_errors=True)
+        return final
+
+
 class TuneSession:
-    """A one-worker trial in the Tune trial process: rank 0 of 1, no process group."""
+    """A one-worker trial in the Tune trial process: rank 0 of 1, no process group.
+
+    Reports metrics to Tune and keeps its checkpoints itself (``TrialCheckpoints``)."""
 
     world_rank = 0
     world_size = 1
 
-    def __init__(self, use_gpu: bool = False) -> None:
+    def __init__(self, checkpoint_dir: Path, use_gpu: bool = False) -> None:
+        self.checkpoints = TrialCheckpoints(checkpoint_dir)
         self.use_gpu = use_gpu
-        # Tune's function session logs every persisted checkpoint at INFO: one line per epoch.
-        level = os.environ.get("RAYSWEEP_TRAIN_LOG_LEVEL", "WARNING").upper()
-        logging.getLogger("ray.train._internal.storage").setLevel(level)
 
     def device(self) -> torch.device:
         # Tune sets CUDA_VISIBLE_DEVICES to the trial's GPU, which is then cuda:0.
@@ -129,9 +177,7 @@ class TuneSession:
         return _node_id()
 
     def resume_payload(self) -> Optional[dict[str, Any]]:
-        import ray.tune
-
-        return _load_payload(ray.tune.get_checkpoint())
+        return self.checkpoints.latest()
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device())
@@ -142,11 +188,10 @@ class TuneSession:
     def report(self, metrics: dict[str, Any], payload: Optional[dict[str, Any]], epoch: int) -> None:
         import ray.tune
 
-        if payload is None:
-            ray.tune.report(metrics)
-            return
-        with _checkpoint_dir(payload) as d:
-            ray.tune.report(metrics, checkpoint=ray.tune.Checkpoint.from_directory(d))
+        if payload is not None:
+            # Saved before the report: a trial Tune stops at this report has it on disk.
+            self.checkpoints.save(payload, epoch)
+        ray.tune.report(metrics)
 
 
 class LocalSession:

@@ -1,8 +1,10 @@
-"""The sweep on Ray Tune: one trial = one ``TorchTrainer`` run (Train V2 inside a Tune function).
+"""The sweep on Ray Tune: each trial fine-tunes one pruned model (in its Tune process, or DDP
+through a ``TorchTrainer`` when it has several workers).
 
 Layout of an experiment, ``<storage>/<name>/``:
-  Ray Tune's own experiment state and trial folders,
-  ``trials/<trial_id>/``   each trial's Ray Train run (its checkpoints),
+  Ray Tune's own experiment state and trial folders (``<trial_id>/``: params, results),
+  ``trials/<trial_id>/``   each trial's checkpoints (``checkpoint_epochNNNN/``; for a multi-worker
+                           trial, its Ray Train run),
   ``trials.csv``, ``pareto.csv``, ``report.md``, ``report.html``, ``pareto.png`` (raysweep.results).
 Dense weights trained by the sweep are cached in ``<storage>/dense/`` and shared by every trial.
 """
@@ -38,9 +40,6 @@ TRIAL_FUNCTION_CPU = 0.001
 TUNE_ENV_DEFAULTS = {
     # Tune's newer console output ignores custom reporters; ours shows the columns that matter.
     "RAY_AIR_NEW_OUTPUT": "0",
-    # Keeping one checkpoint per trial makes Tune snapshot its (small) experiment state at each
-    # epoch's checkpoint; with short trials that happens often and Tune warns every time.
-    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
 
@@ -67,7 +66,8 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     cfg = trial_run_config(context.space, config, context.base)
     cfg.name = trial_id
     if in_process(cfg.workers):
-        run_loop({"run": cfg.to_dict(), "run_dir": ""}, TuneSession(use_gpu=cfg.use_gpu))
+        session = TuneSession(Path(context.trials_dir) / trial_id, use_gpu=cfg.use_gpu)
+        run_loop({"run": cfg.to_dict(), "run_dir": ""}, session)
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -284,8 +284,6 @@ def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = Fa
             run_config=tune.RunConfig(
                 name=name, storage_path=str(storage), progress_reporter=progress_reporter(space),
                 failure_config=tune.FailureConfig(max_failures=0),
-                # In-process trials checkpoint through Tune: keep only each trial's latest.
-                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
     tuner.fit()

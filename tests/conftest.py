@@ -37,18 +37,16 @@ def dense_digits(ray_local, tmp_path_factory):
 
 
 def _checkpointed_epochs(exp: Path) -> dict[str, int]:
-    """Trial id -> the last epoch checkpointed, for a sweep's trials that have one: TorchTrainer
-    trials keep theirs under ``trials/<id>/``, in-process (one-worker) trials in Tune's trial
-    folders (``<id>/checkpoint_*``)."""
+    """Trial id -> the last epoch checkpointed, for a sweep's trials that have one (all keep
+    them under ``trials/<id>/``)."""
     import torch
 
     found = list(exp.glob("trials/*/checkpoint_epoch*/checkpoint.pt"))
-    found += [p for p in exp.glob("*/checkpoint_*/checkpoint.pt") if p.parents[1].name != "trials"]
     epochs: dict[str, int] = {}
     for path in found:
         try:
             epoch = int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-        except Exception:  # being written, or deleted by Tune/Train as a newer one lands
+        except Exception:  # deleted as a newer one lands
             continue
         trial = path.parents[1].name
         epochs[trial] = max(epoch, epochs.get(trial, -1))
