@@ -1,8 +1,9 @@
 """What a sweep trial costs beyond its own training (issue: performance, per-trial overhead).
 
 Runs N digits trials through the real sweep (Ray Tune; one worker per trial trains in the trial's
-process, several workers through a TorchTrainer with DDP), then the same N trial configs through
-the same loop in this process without Ray, one after another. Prints:
+process, several workers with DDP in the sweep's long-lived TorchTrainer worker groups, or with
+RAYSWEEP_TRIAL_POOL=0 a TorchTrainer per trial), then the same N trial configs through the same
+loop in this process without Ray, one after another. Prints:
 
 * per-trial fixed overhead = trial wall time - time inside the training loop (min/median/max),
   where the trial wall time is Tune's ``time_total_s`` (first call of the trial function to its
@@ -33,7 +34,7 @@ from raysweep.loop import run_loop
 from raysweep.results import build_reports
 from raysweep.session import LocalSession
 from raysweep.space import load_space, trial_run_config
-from raysweep.sweep import base_run_config, dense_weights, max_concurrent_trials, run_sweep
+from raysweep.sweep import base_run_config, dense_weights, max_concurrent_trials, run_sweep, uses_pool
 
 
 def space_mapping(trials: int, workers: int, epochs: int, cpus_per_worker: float) -> dict:
@@ -88,7 +89,8 @@ def main(argv: list[str] | None = None) -> int:
     plain_wall, plain_in_loop = plain_loop(space, exp_dir, weights)
 
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; {len(done)}/{len(trials)} trials finished, "
-          f"{args.workers} worker(s) per trial, {args.epochs} epochs, {concurrency} at once")
+          f"{args.workers} worker(s) per trial, {args.epochs} epochs, {concurrency} at once"
+          f"{', in worker groups kept for the sweep' if uses_pool(space) else ''}")
     print(f"per-trial overhead (wall_s - train_s): min {min(overhead):.2f} s, median {statistics.median(overhead):.2f} s, "
           f"max {max(overhead):.2f} s   (target median <= {3 if args.workers == 1 else 5} s)")
     print(f"sweep wall {sweep_wall:.1f} s / sum of in-loop {in_loop:.1f} s = {sweep_wall / in_loop:.2f}")

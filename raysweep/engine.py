@@ -14,7 +14,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from raysweep.config import RunConfig
 
@@ -119,8 +119,12 @@ def check_cluster(cfg: RunConfig) -> None:
         raise RunInputError(f"--workers {cfg.workers} with --use_gpu needs {cfg.workers} GPUs; the cluster has {res.get('GPU', 0):g}")
 
 
-def build_trainer(cfg: RunConfig, storage_path: str, name: str, callbacks: Optional[list] = None, run_dir: str = ""):
-    """The ``TorchTrainer`` for one run; the sweep builds the same one inside each trial."""
+def build_trainer(
+    cfg: RunConfig, storage_path: str, name: str, callbacks: Optional[list] = None, run_dir: str = "",
+    loop: Optional[Callable[[dict], None]] = None, loop_config: Optional[dict[str, Any]] = None,
+):
+    """The ``TorchTrainer`` for one run (``loop``: ``raysweep.loop.train_loop_per_worker`` on
+    ``cfg``); the sweep's multi-worker trials and its worker pool (``raysweep.pool``) build theirs here too."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
@@ -130,8 +134,8 @@ def build_trainer(cfg: RunConfig, storage_path: str, name: str, callbacks: Optio
     # whose environment is the node's, and Ray Train passes these on from the trainer's process.
     apply_ray_env_defaults()
     return TorchTrainer(
-        train_loop_per_worker,
-        train_loop_config={"run": cfg.to_dict(), "run_dir": run_dir},
+        loop or train_loop_per_worker,
+        train_loop_config=loop_config if loop_config is not None else {"run": cfg.to_dict(), "run_dir": run_dir},
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers,
             use_gpu=cfg.use_gpu,

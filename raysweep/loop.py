@@ -144,7 +144,7 @@ def _attach_run_log(run_dir: Optional[str]) -> None:
     log.setLevel(logging.INFO)
 
 
-def _quiet_report_lines() -> None:
+def quiet_report_lines() -> None:
     """Ray Train logs every report with all its metrics at INFO under a logger named after its
     file path, which ``LoggingConfig`` does not reach; it would drown the epoch lines."""
     from ray.train.v2._internal.execution import context as train_context
@@ -155,7 +155,7 @@ def _quiet_report_lines() -> None:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     """Ray Train's entry point: the loop in one rank of the worker group."""
-    _quiet_report_lines()
+    quiet_report_lines()
     run_loop(config, TrainSession())
 
 

@@ -25,6 +25,7 @@ from ray.tune.search import Searcher
 from raysweep.config import RunConfig
 from raysweep.engine import build_trainer, execute, init_ray
 from raysweep.loop import run_loop
+from raysweep.pool import PoolCallback, WorkerPool, pool_enabled, run_pool_trial
 from raysweep.session import TuneSession
 from raysweep.space import SearchSpace, to_tune, trial_run_config
 from raysweep.space_validate import LATENCY_OBJECTIVES
@@ -50,15 +51,17 @@ class SweepContext:
     space: SearchSpace
     base: RunConfig
     trials_dir: str
+    dispatcher: Any = None  # raysweep.pool.Dispatcher when multi-worker trials share worker groups
 
 
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     """Tune function trainable: one trial's fine-tune.
 
-    Several workers: a ``TorchTrainer`` (DDP over a Ray Train worker group) reporting to Tune.
-    One worker: the same loop right here in the trial's process (``TuneSession``) -- a single
-    rank gains nothing from a worker group, a controller and a process group, which cost a
-    trial 10-20 s of start-up and shutdown against ~1 s of digits training.
+    One worker: the loop right here in the trial's process (``TuneSession``) -- a single rank
+    gains nothing from a worker group, a controller and a process group, which cost a trial
+    10-20 s of start-up and shutdown against ~1 s of digits training. Several workers: DDP in
+    one of the sweep's long-lived ``TorchTrainer`` worker groups (``raysweep.pool``), or with
+    ``RAYSWEEP_TRIAL_POOL=0`` a ``TorchTrainer`` of its own reporting to Tune.
     """
     import ray.tune
 
@@ -68,6 +71,9 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     if in_process(cfg.workers):
         session = TuneSession(Path(context.trials_dir) / trial_id, use_gpu=cfg.use_gpu)
         run_loop({"run": cfg.to_dict(), "run_dir": ""}, session)
+        return
+    if context.dispatcher is not None:
+        run_pool_trial(context.dispatcher, trial_id, cfg, str(Path(context.trials_dir) / trial_id))
         return
     from ray.tune.integration.ray_train import TuneReportCallback
 
@@ -79,6 +85,10 @@ def in_process(workers_per_trial: int) -> bool:
     """One-worker trials run in the Tune trial process unless RAYSWEEP_TRIAL_TRAINER=1 asks for
     a TorchTrainer anyway (e.g. to compare, or to keep Ray Train's worker restarts)."""
     return workers_per_trial == 1 and os.environ.get("RAYSWEEP_TRIAL_TRAINER", "0") != "1"
+
+
+def uses_pool(space: SearchSpace) -> bool:
+    return not in_process(space.resources.workers_per_trial) and pool_enabled()
 
 
 def trial_resources(space: SearchSpace) -> dict[str, float]:
@@ -250,41 +260,53 @@ def progress_reporter(space: SearchSpace):
 
 def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = False, address: Optional[str] = None) -> Path:
     """Run (or resume) the sweep; returns the experiment directory. Inputs must be checked."""
-    import ray.tune as tune
-
     for key, value in TUNE_ENV_DEFAULTS.items():
         os.environ.setdefault(key, value)
     init_ray(address)
     storage = storage.expanduser().resolve()
     weights = dense_weights(space, storage, address)
     exp_dir = storage / name
-    context = SweepContext(space, base_run_config(space, weights), str(exp_dir / "trials"))
+    base = base_run_config(space, weights)
+    workers = WorkerPool(base, max_concurrent_trials(space), exp_dir) if uses_pool(space) else None
+    if workers is not None:
+        workers.start()
+    try:
+        context = SweepContext(space, base, str(exp_dir / "trials"), workers.dispatcher if workers else None)
+        _tuner(space, context, exp_dir, name, storage, resume).fit()
+    finally:
+        if workers is not None:
+            workers.stop()
+    return exp_dir
+
+
+def _tuner(space: SearchSpace, context: SweepContext, exp_dir: Path, name: str, storage: Path, resume: bool):
+    import ray.tune as tune
+
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(space))
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         log.info("resuming %s: finished trials are kept, unfinished ones continue", exp_dir)
-        tuner = tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
-    else:
-        param_space, points = to_tune(space)
-        if points:
-            param_space["point"] = -1
-        tuner = tune.Tuner(
-            trainable,
-            param_space=param_space,
-            tune_config=tune.TuneConfig(
-                search_alg=build_search_alg(space, points),
-                scheduler=build_scheduler(space),
-                # grid: the whole grid once (plus the points); otherwise `trials` samples + points
-                num_samples=1 if space.search == "grid" else space.trials + len(points),
-                max_concurrent_trials=max_concurrent_trials(space),
-                # Every trial asks for the same resources: a finished trial's process (torch
-                # imported, data loaded) takes the next one instead of a fresh process each time.
-                reuse_actors=True,
-                trial_dirname_creator=trial_dirname,
-            ),
-            run_config=tune.RunConfig(
-                name=name, storage_path=str(storage), progress_reporter=progress_reporter(space),
-                failure_config=tune.FailureConfig(max_failures=0),
-            ),
-        )
-    tuner.fit()
-    return exp_dir
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
+    param_space, points = to_tune(space)
+    if points:
+        param_space["point"] = -1
+    return tune.Tuner(
+        trainable,
+        param_space=param_space,
+        tune_config=tune.TuneConfig(
+            search_alg=build_search_alg(space, points),
+            scheduler=build_scheduler(space),
+            # grid: the whole grid once (plus the points); otherwise `trials` samples + points
+            num_samples=1 if space.search == "grid" else space.trials + len(points),
+            max_concurrent_trials=max_concurrent_trials(space),
+            # Every trial asks for the same resources: a finished trial's process (torch
+            # imported, data loaded) takes the next one instead of a fresh process each time.
+            reuse_actors=True,
+            trial_dirname_creator=trial_dirname,
+        ),
+        run_config=tune.RunConfig(
+            name=name, storage_path=str(storage), progress_reporter=progress_reporter(space),
+            failure_config=tune.FailureConfig(max_failures=0),
+            # Stops a trial's training in its worker group when Tune ends the trial (ASHA).
+            callbacks=[PoolCallback()],
+        ),
+    )

@@ -1,0 +1,127 @@
+"""Multi-worker trials in long-lived DDP worker groups (raysweep.pool).
+
+The dispatcher's bookkeeping is tested directly on asyncio; one sweep of 2-worker trials shows
+the worker group serving trial after trial with DDP, and a diverging trial failing alone."""
+from __future__ import annotations
+
+import asyncio
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from raysweep import search
+from raysweep.pool import IDLE, MAX_ATTEMPTS, TrialDispatcher
+
+
+def _run(coro):
+    return asyncio.run(coro)
+
+
+def test_a_slot_waits_for_a_trial_and_gets_it_whole():
+    async def scenario():
+        d = TrialDispatcher(slots=1)
+        waiting = asyncio.create_task(d.take(0))
+        await asyncio.sleep(0.01)
+        assert not waiting.done()
+        await d.submit("t1", {"run": {"lr": 0.1}, "checkpoint_dir": "/x/t1"})
+        job = await asyncio.wait_for(waiting, 1)
+        assert job == {"run": {"lr": 0.1}, "checkpoint_dir": "/x/t1", "trial_id": "t1"}
+        assert await d.post("t1", "result", {"epoch": 0}) is False
+        assert await d.post("t1", "done") is True
+        assert await d.fetch("t1") == [("result", {"epoch": 0}), ("done", None)]
+        assert await d.post("t1", "result", {"epoch": 1}) is True  # nothing after the end
+        assert await d.take(0, wait_s=0.05) == IDLE  # nothing to do yet: the ranks meet and wait again
+        await d.stop()
+        assert await d.take(0) is None
+
+    _run(scenario())
+
+
+def test_a_trial_whose_group_dies_under_it_is_resumed_then_failed():
+    async def scenario():
+        d = TrialDispatcher(slots=1)
+        await d.submit("t1", {"run": {}, "checkpoint_dir": ""})
+        await d.submit("t2", {"run": {}, "checkpoint_dir": ""})
+        for attempt in range(MAX_ATTEMPTS):
+            # The slot asks again while holding t1: its group restarted; t1 comes back first.
+            assert (await d.take(0))["trial_id"] == "t1", attempt
+        assert (await d.take(0))["trial_id"] == "t2"
+        messages = await d.fetch("t1")
+        assert messages[-1][0] == "error" and f"died {MAX_ATTEMPTS} times" in messages[-1][1]
+
+    _run(scenario())
+
+
+def test_an_error_or_a_cancel_ends_a_trial_and_frees_its_slot():
+    async def scenario():
+        d = TrialDispatcher(slots=1)
+        for t in ("t1", "t2", "t3"):
+            await d.submit(t, {"run": {}, "checkpoint_dir": ""})
+        assert (await d.take(0))["trial_id"] == "t1"
+        await d.post("t1", "error", "rank 1: FloatingPointError: nan")
+        assert (await d.take(0))["trial_id"] == "t2"  # t1 is not resumed: its own code failed
+        await d.cancel("t2")  # Tune stopped it (ASHA)
+        assert await d.post("t2", "result", {"epoch": 3}) is True  # rank 0 learns it must stop
+        await d.cancel("t3")  # stopped while still waiting: never handed to a slot
+        await d.stop()
+        assert await d.take(0) is None
+        assert await d.fetch("t1") == [("error", "rank 1: FloatingPointError: nan")]
+        assert await d.fetch("t2") == [("cancelled", None)]
+        assert await d.fetch("t3") == [("cancelled", None)]
+
+    _run(scenario())
+
+
+def test_when_every_group_has_failed_waiting_and_new_trials_fail_at_once():
+    async def scenario():
+        d = TrialDispatcher(slots=2)
+        await d.submit("t1", {"run": {}, "checkpoint_dir": ""})
+        await d.submit("t2", {"run": {}, "checkpoint_dir": ""})
+        assert (await d.take(0))["trial_id"] == "t1"
+        await d.slot_died(0, "RuntimeError: no GPU")
+        assert (await d.fetch("t1"))[-1] == ("error", "its worker group failed: RuntimeError: no GPU")
+        await d.slot_died(1, "RuntimeError: no GPU")
+        assert (await d.fetch("t2"))[-1][0] == "error"
+        await d.submit("t3", {"run": {}, "checkpoint_dir": ""})
+        assert "every worker group has failed" in (await d.fetch("t3"))[-1][1]
+
+    _run(scenario())
+
+
+@pytest.mark.ray
+def test_two_worker_trials_share_one_ddp_group_and_a_failing_one_fails_alone(ray_local, dense_digits, tmp_path):
+    from ray.tune import ExperimentAnalysis
+
+    space = {
+        "name": "pool", "model": "digits_cnn", "dataset": "digits", "dense": str(dense_digits / "final.pt"),
+        "search": "grid", "trials": 1, "seed": 0, "epochs": 2, "batch_size": 128,
+        # Three that train and one that diverges (NaN loss), in whatever order Tune runs them.
+        "lr": {"choice": [0.01, 0.02, 0.03, 1.0e12]},
+        "methods": {"irregular": {"*": 0.5}},
+        "schedules": {"oneshot": {}},
+        "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.95},
+    }
+    space_file = tmp_path / "pool.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    assert search.main(["--space", str(space_file), "--storage", str(tmp_path), "-q"]) == 0
+
+    exp = tmp_path / "pool"
+    trials = pd.read_csv(exp / "trials.csv").set_index("trial_id")
+    last = {t.trial_id: t.last_result for t in ExperimentAnalysis(str(exp)).trials}
+    by_lr = {t.config["lr"]: t.trial_id for t in ExperimentAnalysis(str(exp)).trials}
+    ok, diverged = [by_lr[0.01], by_lr[0.02], by_lr[0.03]], by_lr[1.0e12]
+    assert trials.loc[ok, "status"].tolist() == ["TERMINATED"] * 3
+    assert trials.loc[diverged, "status"] == "ERROR"
+    assert "FloatingPointError" in trials.loc[diverged, "error"], trials.loc[diverged, "error"]
+    # One slot (2 x 0.95 CPUs on 2): its group serves trial after trial. The failed trial's group
+    # is replaced, so the three that train split into at most two groups: one served two or more.
+    served = sorted(last[t]["slot_trial"] for t in ok)
+    assert {last[t]["slot"] for t in ok} == {0} and served[0] == 0 and served[-1] >= 1, served
+    for t in ok:
+        assert last[t]["world_size"] == 2 and last[t]["rank_weight_spread"] == 0.0
+        assert last[t]["epoch"] == 1
+        saved = torch.load(trials.loc[t, "checkpoint"], map_location="cpu", weights_only=True)
+        assert saved["epoch"] == 1 and saved["metrics"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
+        assert trials.loc[t, "sparsity"] == pytest.approx(0.5, abs=1e-3)
