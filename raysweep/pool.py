@@ -29,6 +29,7 @@ from typing import Any, Optional
 
 import ray
 import torch
+import torch.distributed
 import torch.nn as nn
 from ray.tune import Callback
 
@@ -224,6 +225,12 @@ class PoolSession:
             raise TrialCancelled(self.trial_id)
 
 
+def _peer_lost(exc: BaseException) -> bool:
+    """A collective failed because another rank went away (NCCL raises ``DistError``s; gloo a
+    plain RuntimeError from its TCP transport, "Connection reset by peer")."""
+    return isinstance(exc, torch.distributed.DistError) or "gloo/transport/" in str(exc)
+
+
 def serve(config: dict[str, Any]) -> None:
     """A slot's ``train_loop_per_worker``: trial after trial until the dispatcher stops."""
     import ray.train
@@ -247,8 +254,11 @@ def serve(config: dict[str, Any]) -> None:
             pass
         except BaseException as exc:
             # Other ranks may be waiting in a collective: re-raise so Ray Train replaces the group.
-            text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-            ray.get(dispatcher.post.remote(job["trial_id"], "error", f"rank {rank}: {text}"))
+            # A collective that failed because a peer died is the group's failure, not the
+            # trial's: the dispatcher then resumes the trial in the new group.
+            if not _peer_lost(exc):
+                text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
+                ray.get(dispatcher.post.remote(job["trial_id"], "error", f"rank {rank}: {text}"))
             raise
         else:
             if rank == 0:

@@ -5,6 +5,10 @@ the worker group serving trial after trial with DDP, and a diverging trial faili
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import threading
+import time
 
 import pandas as pd
 import pytest
@@ -125,3 +129,44 @@ def test_two_worker_trials_share_one_ddp_group_and_a_failing_one_fails_alone(ray
         saved = torch.load(trials.loc[t, "checkpoint"], map_location="cpu", weights_only=True)
         assert saved["epoch"] == 1 and saved["metrics"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
         assert trials.loc[t, "sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+@pytest.mark.ray
+def test_a_trial_whose_worker_dies_resumes_in_a_new_group(ray_local, dense_digits, tmp_path):
+    from ray.tune import ExperimentAnalysis
+    from ray.util.state import list_actors
+
+    space = {
+        "name": "kill", "model": "digits_cnn", "dataset": "digits", "dense": str(dense_digits / "final.pt"),
+        "search": "grid", "trials": 1, "seed": 0, "epochs": 6, "batch_size": 128, "lr": 0.01,
+        "methods": {"irregular": {"*": 0.6}}, "schedules": {"oneshot": {}},
+        "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.95},
+    }
+    space_file = tmp_path / "kill.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    outcome: dict = {}
+    runner = threading.Thread(target=lambda: outcome.setdefault("rc", search.main(["--space", str(space_file), "--storage", str(tmp_path), "-q"])))
+    runner.start()
+    exp, killed = tmp_path / "kill", None
+    deadline = time.time() + 300
+    while time.time() < deadline and killed is None and runner.is_alive():
+        if list(exp.glob("trials/*/checkpoint_epoch*")):
+            alive = [("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+            actors = list_actors(address=ray_local.get_runtime_context().gcs_address, filters=alive)
+            if actors:
+                os.kill(actors[-1].pid, signal.SIGKILL)
+                killed = actors[-1].pid
+        time.sleep(0.2)
+    runner.join(timeout=400)
+    assert killed is not None, "never saw a worker to kill"
+    assert outcome.get("rc") == 0
+
+    trials = pd.read_csv(exp / "trials.csv")
+    assert trials["status"].tolist() == ["TERMINATED"], trials[["status", "error"]].to_dict("records")
+    (trial,) = ExperimentAnalysis(str(exp)).trials
+    # Finished in a second group (its first trial there), continuing from its checkpoint: every
+    # epoch trained once, in order, in the history the checkpoint carries.
+    assert trial.last_result["slot_trial"] == 0 and trial.last_result["epoch"] == 5
+    saved = torch.load(trials["checkpoint"].iloc[0], map_location="cpu", weights_only=True)
+    assert [m["epoch"] for m in saved["history"]] == list(range(6))
+    assert saved["metrics"]["sparsity"] == pytest.approx(0.6, abs=1e-3)
