@@ -1,10 +1,11 @@
-"""The sweep on Ray Tune: each trial fine-tunes one pruned model (in its Tune process, or DDP
-through a ``TorchTrainer`` when it has several workers).
+"""The sweep on Ray Tune: each trial fine-tunes one pruned model (in its Tune process, or with
+DDP in one of the sweep's ``TorchTrainer`` worker groups when it has several workers).
 
 Layout of an experiment, ``<storage>/<name>/``:
   Ray Tune's own experiment state and trial folders (``<trial_id>/``: params, results),
-  ``trials/<trial_id>/``   each trial's checkpoints (``checkpoint_epochNNNN/``; for a multi-worker
-                           trial, its Ray Train run),
+  ``trials/<trial_id>/``   each trial's checkpoints (``checkpoint_epochNNNN/``; with
+                           ``RAYSWEEP_TRIAL_POOL=0`` a multi-worker trial's own Ray Train run),
+  ``pool/<start time>/``   the Ray Train runs of the worker groups (raysweep.pool),
   ``trials.csv``, ``pareto.csv``, ``report.md``, ``report.html``, ``pareto.png`` (raysweep.results).
 Dense weights trained by the sweep are cached in ``<storage>/dense/`` and shared by every trial.
 """
