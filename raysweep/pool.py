@@ -161,7 +161,11 @@ class TrialDispatcher:
         await self._notify()
 
     async def stop(self) -> None:
+        """The sweep is over (or interrupted): trials still running stop at their next epoch
+        (a resumed sweep continues them from their checkpoints), idle groups end."""
         self.stopping = True
+        for trial_id in [*self.running.values(), *self.pending]:
+            self._close(trial_id, "cancelled", None)
         await self._notify()
 
 

@@ -69,11 +69,15 @@ def test_an_error_or_a_cancel_ends_a_trial_and_frees_its_slot():
         await d.cancel("t2")  # Tune stopped it (ASHA)
         assert await d.post("t2", "result", {"epoch": 3}) is True  # rank 0 learns it must stop
         await d.cancel("t3")  # stopped while still waiting: never handed to a slot
-        await d.stop()
+        await d.submit("t4", {"run": {}, "checkpoint_dir": ""})
+        assert (await d.take(0))["trial_id"] == "t4"
+        await d.stop()  # e.g. Ctrl+C: the running trial stops at its next epoch
+        assert await d.post("t4", "result", {"epoch": 0}) is True
         assert await d.take(0) is None
         assert await d.fetch("t1") == [("error", "rank 1: FloatingPointError: nan")]
         assert await d.fetch("t2") == [("cancelled", None)]
         assert await d.fetch("t3") == [("cancelled", None)]
+        assert await d.fetch("t4") == [("cancelled", None)]
 
     _run(scenario())
 
