@@ -309,7 +309,9 @@ class WorkerPool:
         WorkerPool.active = self
         log.info("%d worker group(s) of %d serve the multi-worker trials", self.slots, self.base.workers)
 
-    def stop(self, timeout_s: float = 60.0) -> None:
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """Idle groups end within a second or two; one still restarting (after its last trial
+        failed) is cancelled, with its Ray Train run, once ``timeout_s`` has passed."""
         if self.dispatcher is None:
             return
         ray.get(self.dispatcher.stop.remote())
