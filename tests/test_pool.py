@@ -174,3 +174,28 @@ def test_a_trial_whose_worker_dies_resumes_in_a_new_group(ray_local, dense_digit
     saved = torch.load(trials["checkpoint"].iloc[0], map_location="cpu", weights_only=True)
     assert [m["epoch"] for m in saved["history"]] == list(range(6))
     assert saved["metrics"]["sparsity"] == pytest.approx(0.6, abs=1e-3)
+
+
+@pytest.mark.ray
+def test_without_the_pool_each_trial_has_a_torchtrainer_of_its_own(ray_local, dense_digits, tmp_path, monkeypatch):
+    from ray.tune import ExperimentAnalysis
+
+    monkeypatch.setenv("RAYSWEEP_TRIAL_POOL", "0")
+    space = {
+        "name": "own", "model": "digits_cnn", "dataset": "digits", "dense": str(dense_digits / "final.pt"),
+        "search": "grid", "trials": 1, "seed": 0, "epochs": 1, "batch_size": 128, "lr": 0.01,
+        "methods": {"filter": {"features.*": 0.25}}, "schedules": {"oneshot": {}},
+        "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.95},
+    }
+    space_file = tmp_path / "own.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    assert search.main(["--space", str(space_file), "--storage", str(tmp_path), "-q"]) == 0
+    exp = tmp_path / "own"
+    trials = pd.read_csv(exp / "trials.csv")
+    assert trials["status"].tolist() == ["TERMINATED"]
+    (trial,) = ExperimentAnalysis(str(exp)).trials
+    result = trial.last_result
+    assert result["world_size"] == 2 and result["rank_weight_spread"] == 0.0 and "slot" not in result
+    assert not (exp / "pool").exists()
+    # Ray Train's own checkpoint of the trial's run, where the report looks for it.
+    assert trials["checkpoint"].iloc[0].endswith(f"trials/{trial.trial_id}/checkpoint_epoch0000/checkpoint.pt")
