@@ -30,12 +30,11 @@ from typing import Any, Optional
 import ray
 import torch
 import torch.distributed
-import torch.nn as nn
 from ray.tune import Callback
 
 from raysweep.config import RunConfig
 from raysweep.loop import quiet_report_lines, run_loop
-from raysweep.session import TrialCheckpoints
+from raysweep.session import TrainSession, TrialCheckpoints
 
 log = logging.getLogger("raysweep.pool")
 
@@ -183,39 +182,19 @@ def _broadcast(obj: Any, device: torch.device) -> Any:
     return box[0]
 
 
-class PoolSession:
-    """One rank of a slot's worker group, training one trial (``raysweep.session.LoopSession``)."""
+class PoolSession(TrainSession):
+    """One rank of a slot's worker group, training one trial: Ray Train's device, DDP wrap and
+    loader as any ``TrainSession``; the trial's checkpoints and reports go through the dispatcher."""
 
     def __init__(self, dispatcher, job: dict[str, Any], served: int) -> None:
-        import ray.train
-
-        ctx = ray.train.get_context()
-        self.world_rank, self.world_size = ctx.get_world_rank(), ctx.get_world_size()
+        super().__init__()
         self.dispatcher, self.trial_id = dispatcher, job["trial_id"]
         self.checkpoints = TrialCheckpoints(Path(job["checkpoint_dir"]))
         self.extra = {"slot": job["slot"], "slot_trial": served}
 
-    def device(self) -> torch.device:
-        import ray.train.torch
-
-        return ray.train.torch.get_device()
-
-    def node_id(self) -> str:
-        return ray.get_runtime_context().get_node_id()
-
     def resume_payload(self) -> Optional[dict[str, Any]]:
         # Every rank reads it from the shared storage: nothing was written since the last epoch.
         return self.checkpoints.latest()
-
-    def prepare_model(self, model: nn.Module) -> nn.Module:
-        import ray.train.torch
-
-        return ray.train.torch.prepare_model(model)
-
-    def prepare_data_loader(self, loader):
-        import ray.train.torch
-
-        return ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
 
     def report(self, metrics: dict[str, Any], payload: Optional[dict[str, Any]], epoch: int) -> None:
         stop = False
@@ -283,7 +262,7 @@ def _run_slot(cfg_dict: dict[str, Any], storage: str, slot: int, dispatcher) -> 
         trainer.fit()
         reason = "it ended"
     except Exception as exc:  # noqa: BLE001 - whatever it was, its trials must hear of it
-        reason = f"{type(exc).__name__}: {str(exc).strip().splitlines()[-1] if str(exc).strip() else ''}"
+        reason = f"{type(exc).__name__}: {(str(exc).strip().splitlines() or [''])[-1]}"
         log.error("worker group of slot %d failed: %s", slot, reason)
     ray.get(dispatcher.slot_died.remote(slot, reason))
 

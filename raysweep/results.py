@@ -42,9 +42,9 @@ def load_sweep_info(exp_dir: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.is_file() else {}
 
 
-def _last_checkpoint(exp_dir: Path, trial) -> str:
+def _last_checkpoint(exp_dir: Path, trial_id: str) -> str:
     """Every trial keeps its checkpoints under ``trials/<id>/`` (raysweep.session)."""
-    found = sorted((exp_dir / "trials" / trial.trial_id).glob("checkpoint_epoch*/checkpoint.pt"))
+    found = sorted((exp_dir / "trials" / trial_id).glob("checkpoint_epoch*/checkpoint.pt"))
     return str(found[-1]) if found else ""
 
 
@@ -77,7 +77,7 @@ def trials_frame(exp_dir: Path) -> pd.DataFrame:
                 row[column] = last[key]
         row.update({k: v for k, v in last.items() if k.startswith("ratio/")})
         row["epochs"] = last["epoch"] + 1 if "epoch" in last else 0
-        row["checkpoint"] = _last_checkpoint(exp_dir, trial)
+        row["checkpoint"] = _last_checkpoint(exp_dir, trial.trial_id)
         rows.append(row)
     frame = pd.DataFrame(rows)
     if len(frame):

@@ -52,6 +52,9 @@ class SweepContext:
     space: SearchSpace
     base: RunConfig
     trials_dir: str
+    # Decided once in the driver, whose environment RAYSWEEP_TRIAL_TRAINER is read from: a trial
+    # process on another node need not have it, and trial resources were reserved by it.
+    in_process: bool = True
     dispatcher: Any = None  # raysweep.pool.Dispatcher when multi-worker trials share worker groups
 
 
@@ -69,7 +72,7 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
     trial_id = ray.tune.get_context().get_trial_id()
     cfg = trial_run_config(context.space, config, context.base)
     cfg.name = trial_id
-    if in_process(cfg.workers):
+    if context.in_process:
         session = TuneSession(Path(context.trials_dir) / trial_id, use_gpu=cfg.use_gpu)
         run_loop({"run": cfg.to_dict(), "run_dir": ""}, session)
         return
@@ -268,19 +271,24 @@ def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = Fa
     weights = dense_weights(space, storage, address)
     exp_dir = storage / name
     base = base_run_config(space, weights)
-    workers = WorkerPool(base, max_concurrent_trials(space), exp_dir) if uses_pool(space) else None
+    # As many trials at once as worker groups: each running trial has a group to train in.
+    concurrency = max_concurrent_trials(space)
+    workers = WorkerPool(base, concurrency, exp_dir) if uses_pool(space) else None
     if workers is not None:
         workers.start()
     try:
-        context = SweepContext(space, base, str(exp_dir / "trials"), workers.dispatcher if workers else None)
-        _tuner(space, context, exp_dir, name, storage, resume).fit()
+        context = SweepContext(
+            space, base, str(exp_dir / "trials"), in_process=in_process(space.resources.workers_per_trial),
+            dispatcher=workers.dispatcher if workers else None,
+        )
+        _tuner(space, context, exp_dir, name, storage, resume, concurrency).fit()
     finally:
         if workers is not None:
             workers.stop()
     return exp_dir
 
 
-def _tuner(space: SearchSpace, context: SweepContext, exp_dir: Path, name: str, storage: Path, resume: bool):
+def _tuner(space: SearchSpace, context: SweepContext, exp_dir: Path, name: str, storage: Path, resume: bool, concurrency: int):
     import ray.tune as tune
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), trial_resources(space))
@@ -298,7 +306,7 @@ def _tuner(space: SearchSpace, context: SweepContext, exp_dir: Path, name: str, 
             scheduler=build_scheduler(space),
             # grid: the whole grid once (plus the points); otherwise `trials` samples + points
             num_samples=1 if space.search == "grid" else space.trials + len(points),
-            max_concurrent_trials=max_concurrent_trials(space),
+            max_concurrent_trials=concurrency,
             # Every trial asks for the same resources: a finished trial's process (torch
             # imported, data loaded) takes the next one instead of a fresh process each time.
             reuse_actors=True,

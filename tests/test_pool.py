@@ -23,6 +23,24 @@ def _run(coro):
     return asyncio.run(coro)
 
 
+def _sweep_args(tmp_path, dense_digits, name: str, **fields) -> list[str]:
+    """``raysweep.search`` arguments for a digits sweep of 2-worker trials (2 x 0.95 CPUs: one
+    worker group on the 2-CPU test Ray) with ``fields`` set."""
+    space = {
+        "name": name, "model": "digits_cnn", "dataset": "digits", "dense": str(dense_digits / "final.pt"),
+        "search": "grid", "trials": 1, "seed": 0, "batch_size": 128, "schedules": {"oneshot": {}},
+        "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.95}, **fields,
+    }
+    space_file = tmp_path / f"{name}.yaml"
+    space_file.write_text(yaml.safe_dump(space))
+    return ["--space", str(space_file), "--storage", str(tmp_path), "-q"]
+
+
+async def _submit(d: TrialDispatcher, *trial_ids: str) -> None:
+    for trial_id in trial_ids:
+        await d.submit(trial_id, {"run": {}, "checkpoint_dir": ""})
+
+
 def test_a_slot_waits_for_a_trial_and_gets_it_whole():
     async def scenario():
         d = TrialDispatcher(slots=1)
@@ -46,8 +64,7 @@ def test_a_slot_waits_for_a_trial_and_gets_it_whole():
 def test_a_trial_whose_group_dies_under_it_is_resumed_then_failed():
     async def scenario():
         d = TrialDispatcher(slots=1)
-        await d.submit("t1", {"run": {}, "checkpoint_dir": ""})
-        await d.submit("t2", {"run": {}, "checkpoint_dir": ""})
+        await _submit(d, "t1", "t2")
         for attempt in range(MAX_ATTEMPTS):
             # The slot asks again while holding t1: its group restarted; t1 comes back first.
             assert (await d.take(0))["trial_id"] == "t1", attempt
@@ -61,15 +78,14 @@ def test_a_trial_whose_group_dies_under_it_is_resumed_then_failed():
 def test_an_error_or_a_cancel_ends_a_trial_and_frees_its_slot():
     async def scenario():
         d = TrialDispatcher(slots=1)
-        for t in ("t1", "t2", "t3"):
-            await d.submit(t, {"run": {}, "checkpoint_dir": ""})
+        await _submit(d, "t1", "t2", "t3")
         assert (await d.take(0))["trial_id"] == "t1"
         await d.post("t1", "error", "rank 1: FloatingPointError: nan")
         assert (await d.take(0))["trial_id"] == "t2"  # t1 is not resumed: its own code failed
         await d.cancel("t2")  # Tune stopped it (ASHA)
         assert await d.post("t2", "result", {"epoch": 3}) is True  # rank 0 learns it must stop
         await d.cancel("t3")  # stopped while still waiting: never handed to a slot
-        await d.submit("t4", {"run": {}, "checkpoint_dir": ""})
+        await _submit(d, "t4")
         assert (await d.take(0))["trial_id"] == "t4"
         await d.stop()  # e.g. Ctrl+C: the running trial stops at its next epoch
         assert await d.post("t4", "result", {"epoch": 0}) is True
@@ -85,14 +101,13 @@ def test_an_error_or_a_cancel_ends_a_trial_and_frees_its_slot():
 def test_when_every_group_has_failed_waiting_and_new_trials_fail_at_once():
     async def scenario():
         d = TrialDispatcher(slots=2)
-        await d.submit("t1", {"run": {}, "checkpoint_dir": ""})
-        await d.submit("t2", {"run": {}, "checkpoint_dir": ""})
+        await _submit(d, "t1", "t2")
         assert (await d.take(0))["trial_id"] == "t1"
         await d.slot_died(0, "RuntimeError: no GPU")
         assert (await d.fetch("t1"))[-1] == ("error", "its worker group failed: RuntimeError: no GPU")
         await d.slot_died(1, "RuntimeError: no GPU")
         assert (await d.fetch("t2"))[-1][0] == "error"
-        await d.submit("t3", {"run": {}, "checkpoint_dir": ""})
+        await _submit(d, "t3")
         assert "every worker group has failed" in (await d.fetch("t3"))[-1][1]
 
     _run(scenario())
@@ -102,23 +117,16 @@ def test_when_every_group_has_failed_waiting_and_new_trials_fail_at_once():
 def test_two_worker_trials_share_one_ddp_group_and_a_failing_one_fails_alone(ray_local, dense_digits, tmp_path):
     from ray.tune import ExperimentAnalysis
 
-    space = {
-        "name": "pool", "model": "digits_cnn", "dataset": "digits", "dense": str(dense_digits / "final.pt"),
-        "search": "grid", "trials": 1, "seed": 0, "epochs": 2, "batch_size": 128,
-        # Three that train and one that diverges (NaN loss), in whatever order Tune runs them.
-        "lr": {"choice": [0.01, 0.02, 0.03, 1.0e12]},
-        "methods": {"irregular": {"*": 0.5}},
-        "schedules": {"oneshot": {}},
-        "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.95},
-    }
-    space_file = tmp_path / "pool.yaml"
-    space_file.write_text(yaml.safe_dump(space))
-    assert search.main(["--space", str(space_file), "--storage", str(tmp_path), "-q"]) == 0
+    # Three that train and one that diverges (NaN loss), in whatever order Tune runs them.
+    lrs = {"choice": [0.01, 0.02, 0.03, 1.0e12]}
+    args = _sweep_args(tmp_path, dense_digits, "pool", epochs=2, lr=lrs, methods={"irregular": {"*": 0.5}})
+    assert search.main(args) == 0
 
     exp = tmp_path / "pool"
     trials = pd.read_csv(exp / "trials.csv").set_index("trial_id")
-    last = {t.trial_id: t.last_result for t in ExperimentAnalysis(str(exp)).trials}
-    by_lr = {t.config["lr"]: t.trial_id for t in ExperimentAnalysis(str(exp)).trials}
+    analysis = ExperimentAnalysis(str(exp))
+    last = {t.trial_id: t.last_result for t in analysis.trials}
+    by_lr = {t.config["lr"]: t.trial_id for t in analysis.trials}
     ok, diverged = [by_lr[0.01], by_lr[0.02], by_lr[0.03]], by_lr[1.0e12]
     assert trials.loc[ok, "status"].tolist() == ["TERMINATED"] * 3
     assert trials.loc[diverged, "status"] == "ERROR"
@@ -140,16 +148,9 @@ def test_a_trial_whose_worker_dies_resumes_in_a_new_group(ray_local, dense_digit
     from ray.tune import ExperimentAnalysis
     from ray.util.state import list_actors
 
-    space = {
-        "name": "kill", "model": "digits_cnn", "dataset": "digits", "dense": str(dense_digits / "final.pt"),
-        "search": "grid", "trials": 1, "seed": 0, "epochs": 6, "batch_size": 128, "lr": 0.01,
-        "methods": {"irregular": {"*": 0.6}}, "schedules": {"oneshot": {}},
-        "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.95},
-    }
-    space_file = tmp_path / "kill.yaml"
-    space_file.write_text(yaml.safe_dump(space))
+    args = _sweep_args(tmp_path, dense_digits, "kill", epochs=6, lr=0.01, methods={"irregular": {"*": 0.6}})
     outcome: dict = {}
-    runner = threading.Thread(target=lambda: outcome.setdefault("rc", search.main(["--space", str(space_file), "--storage", str(tmp_path), "-q"])))
+    runner = threading.Thread(target=lambda: outcome.setdefault("rc", search.main(args)))
     runner.start()
     exp, killed = tmp_path / "kill", None
     deadline = time.time() + 300
@@ -181,15 +182,8 @@ def test_without_the_pool_each_trial_has_a_torchtrainer_of_its_own(ray_local, de
     from ray.tune import ExperimentAnalysis
 
     monkeypatch.setenv("RAYSWEEP_TRIAL_POOL", "0")
-    space = {
-        "name": "own", "model": "digits_cnn", "dataset": "digits", "dense": str(dense_digits / "final.pt"),
-        "search": "grid", "trials": 1, "seed": 0, "epochs": 1, "batch_size": 128, "lr": 0.01,
-        "methods": {"filter": {"features.*": 0.25}}, "schedules": {"oneshot": {}},
-        "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.95},
-    }
-    space_file = tmp_path / "own.yaml"
-    space_file.write_text(yaml.safe_dump(space))
-    assert search.main(["--space", str(space_file), "--storage", str(tmp_path), "-q"]) == 0
+    args = _sweep_args(tmp_path, dense_digits, "own", epochs=1, lr=0.01, methods={"filter": {"features.*": 0.25}})
+    assert search.main(args) == 0
     exp = tmp_path / "own"
     trials = pd.read_csv(exp / "trials.csv")
     assert trials["status"].tolist() == ["TERMINATED"]
