@@ -1,6 +1,8 @@
-"""Shared fixtures: one local Ray instance for the whole session (starting Ray costs seconds)."""
+"""Shared fixtures: one local Ray instance for the whole session (starting Ray costs seconds),
+dense digits weights trained once without Ray, and the check for training outcomes."""
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -25,15 +27,49 @@ def ray_local():
     ray.shutdown()
 
 
-@pytest.fixture(scope="session")
-def dense_digits(ray_local, tmp_path_factory):
-    """A dense digits_cnn trained once for every test that prunes it."""
-    from raysweep import train
+# Seed of every test whose verdict is an outcome of training (the dense weights included);
+# benchmarks/bench_outcome_margins.py replays those tests over several seeds and CPU kernels.
+OUTCOME_SEED = int(os.environ.get("RAYSWEEP_TEST_SEED", "0"))
 
-    out = tmp_path_factory.mktemp("dense")
-    rc = train.main(["--epochs", "15", "--output", str(out), "--name", "dense", "--print_freq", "0", "-q"])
-    assert rc == 0
-    return out / "dense"
+
+@pytest.fixture(scope="session")
+def dense_digits(tmp_path_factory):
+    """A dense digits_cnn trained once, in this process (no Ray), for every test that prunes it:
+    ``<folder>/final.pt`` (a raysweep checkpoint) and ``metrics.csv``."""
+    import pandas as pd
+    import torch
+
+    from raysweep.config import RunConfig
+    from raysweep.loop import run_loop
+    from raysweep.session import LocalSession
+
+    threads = torch.get_num_threads()
+    out = tmp_path_factory.mktemp("dense") / "dense"
+    out.mkdir()
+    session = LocalSession()
+    run_loop({"run": RunConfig(epochs=15, seed=OUTCOME_SEED, print_freq=0).to_dict(), "run_dir": ""}, session)
+    torch.set_num_threads(threads)  # the loop sets its own
+    torch.save(session.payload, out / "final.pt")
+    pd.DataFrame(session.reports).to_csv(out / "metrics.csv", index=False)
+    return out
+
+
+@pytest.fixture
+def outcome(request):
+    """``outcome(value, bound)`` asserts ``value >= bound`` for a training outcome and, when
+    ``RAYSWEEP_OUTCOME_LOG`` names a file, appends the test, value, bound and margin to it."""
+
+    def check(value: float, bound: float) -> None:
+        log = os.environ.get("RAYSWEEP_OUTCOME_LOG")
+        if log:
+            row = {"test": request.node.nodeid, "value": float(value), "bound": float(bound),
+                   "margin": float(value) - float(bound), "seed": OUTCOME_SEED,
+                   "capability": os.environ.get("ATEN_CPU_CAPABILITY", "")}  # fmt: skip
+            with open(log, "a", encoding="utf-8") as f:
+                f.write(json.dumps(row) + "\n")
+        assert value >= bound, f"{request.node.name}: {value:.4f} is below its bound {bound:.4f}"
+
+    return check
 
 
 def _checkpointed_epochs(exp: Path) -> dict[str, int]:

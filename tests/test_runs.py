@@ -29,28 +29,29 @@ def _final_model(run_dir):
     return model
 
 
-def test_dense_training_reaches_98_percent(dense_digits):
-    s = _summary(dense_digits)
-    assert s["accuracy"] >= 0.98
+def test_train_writes_the_run_directory(tmp_path):
+    assert train.main(["--epochs", "2", "--output", str(tmp_path), "--name", "dense", "--print_freq", "0", "-q"]) == 0
+    run = tmp_path / "dense"
     for name in ("config.json", "metrics.csv", "final.pt", "best.pt", "layers.csv", "run.log"):
-        assert (dense_digits / name).is_file(), name
-    history = pd.read_csv(dense_digits / "metrics.csv")
-    assert list(history["epoch"]) == list(range(15))
+        assert (run / name).is_file(), name
+    history = pd.read_csv(run / "metrics.csv")
+    assert list(history["epoch"]) == [0, 1]
     assert {"accuracy", "top5", "val_loss", "sparsity"} <= set(history.columns)
-    assert "Acc@1" in (dense_digits / "run.log").read_text()
+    assert (history["sparsity"] == 0.0).all()
+    assert _summary(run)["accuracy"] == history["accuracy"].iloc[-1]
+    assert "Acc@1" in (run / "run.log").read_text()
 
 
-def test_irregular_prune_keeps_accuracy_and_exact_zeros(dense_digits, tmp_path):
-    dense_acc = _summary(dense_digits)["accuracy"]
+def test_irregular_prune_leaves_exact_zeros(dense_digits, tmp_path):
+    """How close to dense it stays is a training outcome: tests/test_outcomes.py."""
     rc = prune.main([
         "--prune_type", "irregular", "--ratio", "0.9", "--weight_file", str(dense_digits / "final.pt"),
-        "--epochs", "16", "--lr", "0.05", "--schedule", "agp", "--agp_end", "6", "--lr_decay_milestones", "11",
+        "--epochs", "3", "--lr", "0.05", "--schedule", "agp", "--agp_end", "1",
         "--output", str(tmp_path), "--name", "irr", "--print_freq", "0", "-q",
     ])
     assert rc == 0
     run = tmp_path / "irr"
     s = _summary(run)
-    assert s["accuracy"] >= dense_acc - 0.01
     model = _final_model(run)
     masks = pruners.masked_parameters(model)
     total = kept = 0

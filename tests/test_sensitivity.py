@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 import torch
 import yaml
-from torch.utils.data import DataLoader
 
 import pruners
 from raysweep import sensitivity
@@ -19,23 +18,8 @@ LAYERS = ["features.0.weight", "features.3.weight", "features.7.weight", "classi
 
 
 @pytest.fixture(scope="module")
-def dense_file(tmp_path_factory):
-    """digits_cnn trained 6 epochs with plain torch (~99% val): seconds on one thread, no Ray."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    torch.manual_seed(0)
-    train, _, _ = build_datasets("digits")
-    model = create_model("digits_cnn", dataset="digits")
-    opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
-    for _ in range(6):
-        for x, y in DataLoader(train, batch_size=128, shuffle=True):
-            opt.zero_grad()
-            torch.nn.functional.cross_entropy(model(x), y).backward()
-            opt.step()
-    torch.set_num_threads(threads)
-    path = tmp_path_factory.mktemp("dense") / "dense.pt"
-    torch.save(model.state_dict(), path)
-    return path
+def dense_file(dense_digits):
+    return dense_digits / "final.pt"
 
 
 def top1(model, val) -> float:
@@ -89,11 +73,11 @@ def test_table_on_ray_matches_direct_pruning_and_drives_the_family(ray_local, de
     assert list(table.columns) == COLUMNS
     assert list(zip(table.layer, table.ratio)) == [(layer, r) for layer in LAYERS for r in (0.5, 0.9)]
     _, val, _ = build_datasets("digits", augment=False)
-    state = torch.load(dense_file, weights_only=True)
+    state = torch.load(dense_file, weights_only=True)["model"]
     model = create_model("digits_cnn", dataset="digits")
     model.load_state_dict(state)
     dense = top1(model, val)
-    assert (table.dense_accuracy == dense).all() and 0.9 < dense < 1.0
+    assert (table.dense_accuracy == dense).all()
     assert (table.accuracy_drop == table.dense_accuracy - table.accuracy).all()
     for layer in ("features.3.weight", "classifier.0.weight"):  # one layer alone, from the dense weights each time
         for ratio in (0.5, 0.9):
