@@ -9,7 +9,7 @@ Nothing here imports Ray, so the package is usable on its own::
     pruners.squash(model)                                         # plain weights, zeros kept
 """
 from pruners.targets import Target, parse_nm, validate_target
-from pruners.methods import (
+from pruners.registry import (
     METHODS,
     Method,
     compute_mask,
@@ -18,6 +18,9 @@ from pruners.methods import (
     register_method,
     skip_reason,
 )
+
+# Importing a method module registers its methods; list_methods() follows this order.
+from pruners import structured, patterns  # noqa: F401  isort: skip
 from pruners.ratio_config import load_ratio_config, prunable_parameters, resolve_targets
 from pruners.masking import (
     PruneReport,

@@ -56,7 +56,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pruners.methods import get_method
+from pruners.registry import get_method
 from pruners.ratio_config import prunable_modules, resolve_targets, strip_module_prefix
 from pruners.selection import count_for_ratio, keep_mask_lowest_removed
 

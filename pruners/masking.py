@@ -18,7 +18,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from pruners.methods import Method, compute_mask, get_method, skip_reason
+from pruners.registry import Method, compute_mask, get_method, skip_reason
 from pruners.ratio_config import prunable_modules, resolve_targets, strip_module_prefix
 from pruners.targets import Target, validate_target
 

@@ -26,7 +26,7 @@ import torch
 from torch import nn
 
 from pruners.channels import ChannelGroup, channel_groups, index_channels
-from pruners.methods import skip_reason
+from pruners.registry import skip_reason
 from pruners.permutation_search import (
     NMTerm,
     invariant_reason,

@@ -29,7 +29,7 @@ from typing import Iterable, Optional
 
 import torch
 
-from pruners.methods import register_method
+from pruners.registry import register_method
 from pruners.selection import (
     count_for_ratio,
     keep_largest_columns,

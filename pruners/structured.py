@@ -3,7 +3,7 @@
 Each method scores groups of weights and leaves the choice to ``pruners.selection``, so a
 ratio always removes exactly ``round(ratio * groups)`` groups (round half up), with ties
 broken by index. Weights are 2-D (linear, out x in) or 4-D (conv, out x in x kh x kw); the
-rank is checked by ``pruners.methods.skip_reason`` before these functions run.
+rank is checked by ``pruners.registry.skip_reason`` before these functions run.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from pruners.methods import register_method
+from pruners.registry import register_method
 from pruners.selection import keep_largest, remove_lowest, score_dtype
 from pruners.targets import Target, parse_nm
 

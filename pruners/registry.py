@@ -2,7 +2,9 @@
 
 Each method keeps scoring, selection and application apart: a method scores groups of
 weights, ``pruners.selection`` picks exactly ``round(ratio * groups)`` of them, and the mask
-is expanded back to the weight's shape. Applying masks to a model lives in ``masking``.
+is expanded back to the weight's shape. The methods live in ``structured`` and ``patterns``
+and register themselves when the package imports them; applying masks to a model lives in
+``masking``.
 """
 from __future__ import annotations
 
@@ -107,7 +109,3 @@ def compute_mask(
         mask = m.mask_fn(weight.detach(), t, **options)
     return mask.to(dtype=torch.bool, device=weight.device)
 
-
-# The methods register themselves on import.
-from pruners import structured as _structured  # noqa: E402,F401
-from pruners import patterns as _patterns  # noqa: E402,F401
