@@ -255,6 +255,93 @@ def _producer_label(group: ChannelGroup) -> str:
     return group.producers[0][0] + (f" (+{len({m for m, _ in group.producers}) - 1})" if len(group.producers) > 2 else "")
 
 
+def _working_model(model: nn.Module, inplace: bool) -> nn.Module:
+    """The model to cut, in eval mode, masks applied and removed: the result is a plain dense model,
+    and ``model`` keeps its masks unless ``inplace``."""
+    if inplace:
+        work = squash(model) if is_masked(model) else model
+    else:
+        work = squashed_copy(model)
+    return work.eval()
+
+
+def _probe(example_input: torch.Tensor, probe_batch: int, seed: int) -> torch.Tensor:
+    """A seeded random batch: constants are read from it, and the result is checked on it."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn((probe_batch, *example_input.shape[1:]), generator=gen).to(example_input)
+
+
+def _groups_or_explain(work: nn.Module, example_input: torch.Tensor, model: nn.Module) -> list[ChannelGroup]:
+    """The channel groups; a model fx cannot trace (data-dependent Python) is a plain ValueError."""
+    try:
+        return channel_groups(work, example_input)
+    except Exception as exc:
+        raise ValueError(f"cannot compact {type(model).__name__}: torch.fx tracing failed ({exc})") from exc
+
+
+def _forward_capturing_consumer_inputs(
+    work: nn.Module, plans: list[_Plan], probe: torch.Tensor
+) -> tuple[dict[str, list[torch.Tensor]], torch.Tensor]:
+    """(consumer -> its inputs, output) of one forward: the dead channels' constants are in those inputs."""
+    captured: dict[str, list[torch.Tensor]] = {}
+    hooks = []
+    for name in {c for p in plans for c, _, _ in p.group.consumers}:
+        hook = lambda _m, args, name=name: captured.setdefault(name, []).append(args[0].detach())
+        hooks.append(work.get_submodule(name).register_forward_pre_hook(hook))
+    try:
+        expected = work(probe)
+    finally:
+        for h in hooks:
+            h.remove()
+    return captured, expected
+
+
+def _plan_folds(
+    work: nn.Module, plans: list[_Plan], captured: dict[str, list[torch.Tensor]], fold_borders: bool
+) -> list[tuple[str, torch.Tensor]]:
+    """Decide per group which dead channels go, and what each consumer must absorb for them.
+
+    Every delta is computed before any is applied or any channel is cut: each one reads the
+    consumers' unsliced weights.
+    """
+    deltas = []
+    for plan in plans:
+        _analyse(work, plan, captured, fold_borders)
+        for mod_name, _, block in plan.group.consumers:
+            delta = _fold_delta(work, plan, mod_name, block)
+            if delta is not None:
+                deltas.append((mod_name, delta))
+    return deltas
+
+
+def _cut_removed_channels(work: nn.Module, plans: list[_Plan], report: CompactReport) -> None:
+    """Slice the removed channels out of every group, recording per group what went and what stayed."""
+    for plan in plans:
+        removed = plan.removed()
+        report.channels_dead += int(plan.dead.sum())
+        report.channels_removed += int(removed.sum())
+        for reason in plan.keep_reason.values():
+            report.kept_dead[reason] = report.kept_dead.get(reason, 0) + 1
+        report.groups.append({
+            "producer": _producer_label(plan.group), "size": plan.group.size,
+            "dead": int(plan.dead.sum()), "removed": int(removed.sum()),
+        })  # fmt: skip
+        if removed.any():
+            index_channels(work, plan.group, (~removed).nonzero().flatten())
+
+
+def _check_against_masked(work: nn.Module, probe: torch.Tensor, expected: torch.Tensor, report: CompactReport) -> None:
+    """Sizes after compaction, and the largest output difference on the probe: the proof of exactness."""
+    report.params_after = _params(work)
+    report.zeros_remaining = zero_weights(work)
+    report.max_abs_diff = float((work(probe) - expected).abs().max()) if expected.numel() else 0.0
+    logger.info(
+        "compact: removed %d of %d dead channels, params %d -> %d, max |diff| %.3g; kept: %s",
+        report.channels_removed, report.channels_dead, report.params_before, report.params_after,
+        report.max_abs_diff, report.kept_dead or "none",
+    )
+
+
 @torch.no_grad()
 def compact(
     model: nn.Module,
@@ -273,60 +360,15 @@ def compact(
     at the borders, via per-position bias maps: the result then runs at ``example_input``'s
     spatial size only.
     """
-    if inplace:
-        work = squash(model) if is_masked(model) else model
-    else:
-        work = squashed_copy(model)
-    work.eval()
-    gen = torch.Generator().manual_seed(seed)
-    probe = torch.randn((probe_batch, *example_input.shape[1:]), generator=gen).to(example_input)
+    work = _working_model(model, inplace)
+    probe = _probe(example_input, probe_batch, seed)
     report = CompactReport(params_before=_params(work))
-    try:
-        groups = channel_groups(work, example_input)
-    except Exception as exc:  # fx cannot trace data-dependent Python: say so plainly
-        raise ValueError(f"cannot compact {type(model).__name__}: torch.fx tracing failed ({exc})") from exc
+    groups = _groups_or_explain(work, example_input, model)
     plans = [_Plan(g, d) for g in groups if g.free and (d := dead_channels(work, g)).any()]
-
-    captured: dict[str, list[torch.Tensor]] = {}
-    hooks = []
-    for name in {c for p in plans for c, _, _ in p.group.consumers}:
-        hook = lambda _m, args, name=name: captured.setdefault(name, []).append(args[0].detach())
-        hooks.append(work.get_submodule(name).register_forward_pre_hook(hook))
-    try:
-        expected = work(probe)
-    finally:
-        for h in hooks:
-            h.remove()
+    captured, expected = _forward_capturing_consumer_inputs(work, plans, probe)
     bn_after = _bn_after(trace(work, example_input)) if plans else {}
-
-    deltas = []
-    for plan in plans:
-        _analyse(work, plan, captured, fold_borders)
-        for mod_name, _, block in plan.group.consumers:
-            delta = _fold_delta(work, plan, mod_name, block)
-            if delta is not None:
-                deltas.append((mod_name, delta))
-    for mod_name, delta in deltas:  # all folds read unsliced weights, so slice only afterwards
+    for mod_name, delta in _plan_folds(work, plans, captured, fold_borders):
         _apply_delta(work, mod_name, delta, bn_after, groups, report)
-    for plan in plans:
-        removed = plan.removed()
-        report.channels_dead += int(plan.dead.sum())
-        report.channels_removed += int(removed.sum())
-        for reason in plan.keep_reason.values():
-            report.kept_dead[reason] = report.kept_dead.get(reason, 0) + 1
-        report.groups.append({
-            "producer": _producer_label(plan.group), "size": plan.group.size,
-            "dead": int(plan.dead.sum()), "removed": int(removed.sum()),
-        })  # fmt: skip
-        if removed.any():
-            index_channels(work, plan.group, (~removed).nonzero().flatten())
-
-    report.params_after = _params(work)
-    report.zeros_remaining = zero_weights(work)
-    report.max_abs_diff = float((work(probe) - expected).abs().max()) if expected.numel() else 0.0
-    logger.info(
-        "compact: removed %d of %d dead channels, params %d -> %d, max |diff| %.3g; kept: %s",
-        report.channels_removed, report.channels_dead, report.params_before, report.params_after,
-        report.max_abs_diff, report.kept_dead or "none",
-    )
+    _cut_removed_channels(work, plans, report)
+    _check_against_masked(work, probe, expected, report)
     return work, report
