@@ -29,6 +29,7 @@ from pruners.channels import ChannelGroup, channel_groups, index_channels
 from pruners.registry import skip_reason
 from pruners.permutation_search import (
     NMTerm,
+    PermutationResult,
     invariant_reason,
     nm_term,
     search_terms,
@@ -145,6 +146,56 @@ def _group_terms(
     return names, terms, None
 
 
+def _nm_targets(model: nn.Module, targets: Mapping[str, object]) -> dict[str, str]:
+    """Parameter name -> ``mXnY`` target; ratio targets are left out (channel order does not change them)."""
+    return {name: t for name, t in resolve_targets(model, targets).items() if isinstance(t, str)}
+
+
+def _search_and_apply(model: nn.Module, group: ChannelGroup, terms: list[NMTerm], search: dict) -> tuple[PermutationResult, bool]:
+    """The group's best permutation, applied in place unless it is the identity (nothing to move)."""
+    with torch.no_grad():
+        result = search_terms(terms, **search)
+        applied = not torch.equal(result.perm, torch.arange(group.size))
+        if applied:
+            index_channels(model, group, result.perm)
+    return result, applied
+
+
+def _record_search(
+    report: PermuteReport, group: ChannelGroup, layers: list[str], nm: Mapping[str, str],
+    result: PermutationResult, applied: bool,
+) -> None:
+    """Add the group's search and each of its layers' gain to ``report``."""
+    gi = len(report.groups)
+    report.groups.append(GroupSearch(
+        group.size, layers, group.residual, result.before, result.after, result.seconds,
+        result.swaps, result.rounds, result.stopped, applied,
+    ))  # fmt: skip
+    for name, before, after in zip(layers, result.terms_before, result.terms_after):
+        report.layers[name] = LayerGain(name, nm[name], before, after, gi, result.seconds)
+
+
+def _permute_group(model: nn.Module, group: ChannelGroup, nm: Mapping[str, str], report: PermuteReport, search: dict) -> list[str]:
+    """Search and apply one group's permutation, or say in ``report.skipped`` why not.
+
+    Returns the N:M layers the group feeds, so the caller can name layers no group reached.
+    """
+    names = [f"{m}.{p}" for m, p, _ in group.consumers if f"{m}.{p}" in nm]
+    if not names:
+        return names
+    if group.fixed_reason is not None:
+        report.skipped.update({n: f"input channels are fixed: {group.fixed_reason}" for n in names})
+        return names
+    layers, terms, why = _group_terms(model, group, nm, report.skipped)
+    if why is not None:
+        report.skipped.update({n: f"group not searched: {why}" for n in layers})
+        return names
+    if terms:
+        result, applied = _search_and_apply(model, group, terms, search)
+        _record_search(report, group, layers, nm, result, applied)
+    return names
+
+
 def permute_for_nm(
     model: nn.Module,
     targets: Mapping[str, object],
@@ -168,38 +219,15 @@ def permute_for_nm(
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         raise TypeError("permute_for_nm() must run before wrapping the model in DDP/DataParallel")
     start = time.perf_counter()
-    nm = {name: t for name, t in resolve_targets(model, targets).items() if isinstance(t, str)}
+    nm = _nm_targets(model, targets)
+    search = dict(
+        time_budget_s=time_budget_s, max_rounds=max_rounds, window=window, seed=seed,
+        device=None if device is None else torch.device(device),
+    )  # fmt: skip
     report = PermuteReport()
     consumed: set[str] = set()
     for group in channel_groups(model, example_input):
-        names = [f"{m}.{p}" for m, p, _ in group.consumers if f"{m}.{p}" in nm]
-        consumed.update(names)
-        if not names:
-            continue
-        if group.fixed_reason is not None:
-            report.skipped.update({n: f"input channels are fixed: {group.fixed_reason}" for n in names})
-            continue
-        layers, terms, why = _group_terms(model, group, nm, report.skipped)
-        if why is not None:
-            report.skipped.update({n: f"group not searched: {why}" for n in layers})
-            continue
-        if not terms:
-            continue
-        with torch.no_grad():
-            result = search_terms(
-                terms, time_budget_s=time_budget_s, max_rounds=max_rounds, window=window, seed=seed,
-                device=None if device is None else torch.device(device),
-            )
-            applied = not torch.equal(result.perm, torch.arange(group.size))
-            if applied:
-                index_channels(model, group, result.perm)
-        gi = len(report.groups)
-        report.groups.append(GroupSearch(
-            group.size, layers, group.residual, result.before, result.after, result.seconds,
-            result.swaps, result.rounds, result.stopped, applied,
-        ))  # fmt: skip
-        for name, before, after in zip(layers, result.terms_before, result.terms_after):
-            report.layers[name] = LayerGain(name, nm[name], before, after, gi, result.seconds)
+        consumed.update(_permute_group(model, group, nm, report, search))
     for name in nm:
         if name not in consumed and name not in report.skipped:
             report.skipped[name] = "its input channels belong to no channel group the tracer found"
