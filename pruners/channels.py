@@ -5,11 +5,10 @@ layer that emits it (a producer: conv/linear ``weight`` and ``bias`` along dim 0
 per-channel modules (followers: BatchNorm, depthwise convs, PReLU), element-wise ops, pooling and
 flattens, to the layers that read it (consumers: dim 1 of the next conv/linear). An ``add`` or
 ``mul`` of two tensors joins their channels into one group (a ResNet stream: every producer
-feeding the add, shortcut conv included). ``index_channels`` slices or permutes one group in
-place; a sorted subset compacts the model, a permutation reorders it with identical outputs.
+feeding the add, shortcut conv included). ``index_channels`` (``pruners.channel_group``) slices
+or permutes one group in place; a sorted subset compacts the model, a permutation reorders it
+with identical outputs. Masked models are traced and indexed as they are.
 
-Masked models work as they are: a parametrized weight is indexed through its ``original`` and
-every mask buffer of its parametrizations, so masks stay aligned (no need to ``squash`` first).
 Anything the tracer does not understand (concat, reshapes other than a flatten, grouped or
 transposed convs, norms over channels) makes the groups it touches *fixed*, with the reason.
 """
@@ -18,14 +17,14 @@ from __future__ import annotations
 import logging
 import math
 import operator
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
-from torch.nn.utils import parametrize
+
+from pruners.channel_group import ChannelGroup, index_channels, is_depthwise
 
 __all__ = ["ChannelGroup", "channel_groups", "index_channels", "is_depthwise", "trace"]
 
@@ -59,32 +58,6 @@ ELEMENTWISE_BINARY_METHODS = frozenset({"add", "add_", "sub", "sub_", "mul", "mu
 JOINING = frozenset({operator.add, operator.iadd, torch.add, "add", "add_"})  # a residual join
 FLATTENS = frozenset({torch.flatten, "flatten", "view", "reshape"})
 SHAPE_QUERIES = frozenset({"size", "dim", "numel", getattr})  # results are not channel-carrying
-
-
-@dataclass
-class ChannelGroup:
-    """Channels that must be removed or reordered together, or the network computes something else."""
-
-    size: int  # number of channels in the group
-    producers: list[tuple[str, str]] = field(default_factory=list)  # (module, param): dim 0 emits
-    followers: list[tuple[str, str]] = field(default_factory=list)  # per-channel params/buffers, dim 0
-    consumers: list[tuple[str, str, int]] = field(default_factory=list)  # (module, param, block): dim 1 reads
-    residual: bool = False  # joined through an add: every producer feeding the add is here
-    fixed_reason: str | None = None  # why the group must not change; None if free
-
-    @property
-    def free(self) -> bool:
-        return self.fixed_reason is None
-
-
-def is_depthwise(module: nn.Module) -> bool:
-    """A conv whose every output channel reads exactly its own input channel."""
-    return (
-        isinstance(module, nn.modules.conv._ConvNd)
-        and not module.transposed
-        and module.groups > 1
-        and module.groups == module.in_channels == module.out_channels
-    )
 
 
 class _Space:
@@ -337,67 +310,3 @@ def channel_groups(model: nn.Module, example_input: torch.Tensor) -> list[Channe
     groups = builder.groups()
     logger.debug("%d channel groups, %d free", len(groups), sum(g.free for g in groups))
     return groups
-
-
-# --- slicing -------------------------------------------------------------------------------
-def _index_tensor(module: nn.Module, name: str, dim: int, index: torch.Tensor) -> None:
-    """Replace ``module.<name>`` by its ``index_select(dim, index)``; masks follow a masked weight."""
-    if parametrize.is_parametrized(module, name):
-        plist = module.parametrizations[name]
-        old = plist.original
-        plist.original = nn.Parameter(old.detach().index_select(dim, index.to(old.device)), old.requires_grad)
-        for p in plist:
-            mask = getattr(p, "mask", None)
-            if not isinstance(mask, torch.Tensor) or mask.shape != old.shape:
-                raise ValueError(f"cannot slice {name!r}: parametrization {type(p).__name__} is not a mask")
-            p.mask = mask.index_select(dim, index.to(mask.device))
-        return
-    old = getattr(module, name)
-    new = old.detach().index_select(dim, index.to(old.device))
-    if isinstance(old, nn.Parameter):
-        setattr(module, name, nn.Parameter(new, old.requires_grad))
-    else:
-        module._buffers[name] = new
-
-
-def _block_index(index: torch.Tensor, block: int) -> torch.Tensor:
-    if block == 1:
-        return index
-    return (index[:, None] * block + torch.arange(block, device=index.device)).reshape(-1)
-
-
-def index_channels(model: nn.Module, group: ChannelGroup, index: torch.Tensor) -> None:
-    """Keep the group's channels ``index`` (in that order) in every tensor of the group, in place.
-
-    A sorted subset compacts; a permutation of ``range(group.size)`` reorders. Producers and
-    followers take ``index_select(0, index)``, consumers ``index_select(1, ...)`` over their
-    blocks; ``out_channels``/``in_channels``/``groups``/``num_features``/``in_features``/
-    ``out_features`` follow. ``group.size`` becomes ``len(index)``; other groups stay valid.
-    """
-    index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
-    if index.numel() and (int(index.min()) < 0 or int(index.max()) >= group.size):
-        raise ValueError(f"index out of range for a group of {group.size} channels")
-    if index.unique().numel() != index.numel():
-        raise ValueError("index repeats a channel")
-    n = index.numel()
-    for mod_name, pname in group.producers + group.followers:
-        module = model.get_submodule(mod_name)
-        _index_tensor(module, pname, 0, index)
-        if isinstance(module, nn.Linear):
-            module.out_features = n
-        elif is_depthwise(module) or (isinstance(module, nn.modules.conv._ConvNd) and (mod_name, pname) in group.followers):
-            module.in_channels = module.out_channels = module.groups = n
-        elif isinstance(module, nn.modules.conv._ConvNd):
-            module.out_channels = n
-        elif isinstance(module, nn.modules.batchnorm._NormBase):
-            module.num_features = n
-        elif isinstance(module, nn.PReLU):
-            module.num_parameters = n
-    for mod_name, pname, block in group.consumers:
-        module = model.get_submodule(mod_name)
-        _index_tensor(module, pname, 1, _block_index(index, block))
-        if isinstance(module, nn.Linear):
-            module.in_features = n * block
-        elif isinstance(module, nn.modules.conv._ConvNd):
-            module.in_channels = n
-    group.size = n
