@@ -77,7 +77,7 @@ class WeightMask(nn.Module):
         self._mask_f: Optional[torch.Tensor] = None
 
     def forward(self, w: torch.Tensor) -> torch.Tensor:
-        # One multiply by a cached float mask: cheaper than where() over a bool mask, which cost
+        # One multiply by a cached float mask: cheaper than where() over a bool mask, which costs
         # ~10 passes over each weight per step (benchmarks/bench_masked_step.py). The cache is
         # rebuilt only when the buffers change (in-place edits bump a tensor's _version), so the
         # host reads `enforced` only then, not every forward.
@@ -300,7 +300,7 @@ def load_masked_state_dict(
         wm = WeightMask(mask.to(getattr(module, tensor_name).device), enforced=bool(enforced))
         parametrize.register_parametrization(module, tensor_name, wm)
     result = inner.load_state_dict(sd, strict=False)
-    # Checkpoints from before masks had extra state lack ``_extra_state``: not an error.
+    # A mask saved without extra state (no ``._extra_state`` key) still loads.
     missing = [k for k in result.missing_keys if not k.endswith("._extra_state")]
     if strict and (missing or result.unexpected_keys):
         raise RuntimeError(

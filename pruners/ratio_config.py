@@ -1,6 +1,6 @@
 """The reference project's per-layer ratio YAML, and resolving names against a model.
 
-The seed's files look like ``{prune_ratio: {module.block0.3.weight: 0.2, ...}}``: names carry
+The reference project's files look like ``{prune_ratio: {module.block0.3.weight: 0.2, ...}}``: names carry
 DDP's ``module.`` prefix, which is stripped so the files load unchanged. Names are the model's
 own parameter names (``block2.6.weight``); keys containing ``*``, ``?`` or ``[`` are globs
 over the prunable parameters (quote them in YAML: a bare leading ``*`` is a YAML alias).
@@ -35,7 +35,7 @@ PRUNABLE_TYPES: tuple[type, ...] = (nn.modules.conv._ConvNd, nn.Linear)
 
 _DDP_PREFIX = "module."
 _GLOB_CHARS = frozenset("*?[")
-_SEED_KEY = "prune_ratio"
+_RATIO_KEY = "prune_ratio"
 
 
 def strip_module_prefix(name: str) -> str:
@@ -149,19 +149,19 @@ def _read_mapping(path_or_mapping: Union[str, os.PathLike, Mapping]) -> Mapping:
 
 
 def load_ratio_config(path_or_mapping: Union[str, os.PathLike, Mapping]) -> dict[str, Target]:
-    """Per-layer targets from the seed's YAML (``prune_ratio: {name: target}``) or a plain mapping.
+    """Per-layer targets from the reference project's YAML (``prune_ratio: {name: target}``) or a plain mapping.
 
     ``module.`` prefixes are stripped; every target is validated and all errors are reported
     in one ValueError. Names are not checked against a model here: see ``resolve_targets``.
     """
     data = _read_mapping(path_or_mapping)
-    if _SEED_KEY in data:
-        extra = [k for k in data if k != _SEED_KEY]
+    if _RATIO_KEY in data:
+        extra = [k for k in data if k != _RATIO_KEY]
         if extra:
-            logger.warning("ratio config: ignoring keys other than %r: %s", _SEED_KEY, extra)
-        data = data[_SEED_KEY]
+            logger.warning("ratio config: ignoring keys other than %r: %s", _RATIO_KEY, extra)
+        data = data[_RATIO_KEY]
         if not isinstance(data, Mapping):
-            raise ValueError(f"{_SEED_KEY!r} must map parameter names to targets, got {type(data).__name__}")
+            raise ValueError(f"{_RATIO_KEY!r} must map parameter names to targets, got {type(data).__name__}")
     problems: list[str] = []
     out: dict[str, Target] = {}
     for raw_key, raw_target in data.items():

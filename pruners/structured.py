@@ -137,7 +137,7 @@ def nm_mask(weight: torch.Tensor, target: Target, **options: object) -> torch.Te
     along in_features). Ties keep the lower index. ``m4n2`` is Ampere's 2:4.
 
     The ratio 0.0 returns a dense mask (schedules use it for "not yet pruned"). Channel
-    permutations (Pool & Yu 2021) are not applied.
+    permutations (Pool & Yu 2021) are a separate step before masking: ``pruners.nm_permute``.
     """
     reject_options("nm", options)
     spec = require_nm(target)
