@@ -12,6 +12,7 @@ from pruners.targets import Target, parse_nm, validate_target
 from pruners.registry import (
     METHODS,
     Method,
+    check_target,
     compute_mask,
     get_method,
     list_methods,
@@ -44,6 +45,7 @@ __all__ = [
     "SCHEDULES",
     "Target",
     "WeightMask",
+    "check_target",
     "compute_mask",
     "count_macs",
     "get_method",

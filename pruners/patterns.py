@@ -37,8 +37,8 @@ from pruners.selection import (
     nan_lowest,
     score_dtype,
 )
-from pruners.structured import reject_options, require_ratio
-from pruners.targets import Target
+from pruners.structured import reject_options
+from pruners.targets import Target, require_ratio
 
 __all__ = ["PATTERN_FLOOR", "candidate_patterns", "pattern_mask", "select_library"]
 

@@ -14,7 +14,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
-from pruners.targets import Target, validate_target
+from pruners.targets import Target, require_nm, require_ratio, validate_target
 
 MaskFn = Callable[..., torch.Tensor]
 SkipFn = Callable[[torch.Size, Target], Optional[str]]
@@ -33,8 +33,10 @@ class Method:
     # Model-wide options computed once from all weights being pruned (PatDNN's pattern
     # library is chosen across the whole model), passed to every mask_fn call as **options.
     model_options: Optional[ModelOptionsFn] = None
+    takes: str = "ratio"  # the kind of target: "ratio" (in [0, 1]) or "nm" ("mXnY", or 0.0 = dense)
 
 
+TARGET_KINDS = ("ratio", "nm")
 METHODS: dict[str, Method] = {}
 _ALIASES: dict[str, str] = {}
 
@@ -49,12 +51,15 @@ def register_method(
     aliases: tuple[str, ...] = (),
     skip: SkipFn = _never_skip,
     model_options: Optional[ModelOptionsFn] = None,
+    takes: str = "ratio",
 ) -> Callable[[MaskFn], MaskFn]:
     """Decorator: register ``fn(weight, target, **options) -> BoolTensor`` under ``name``."""
+    if takes not in TARGET_KINDS:
+        raise ValueError(f"takes must be one of {TARGET_KINDS}, got {takes!r}")
 
     def decorator(fn: MaskFn) -> MaskFn:
         doc = (fn.__doc__ or "").strip()
-        METHODS[name] = Method(name, fn, skip, tuple(aliases), doc, model_options)
+        METHODS[name] = Method(name, fn, skip, tuple(aliases), doc, model_options, takes)
         _ALIASES[name] = name
         for alias in aliases:
             _ALIASES[alias] = name
@@ -80,6 +85,18 @@ def get_method(method: Union[str, Method]) -> Method:
     close = difflib.get_close_matches(key, list(_ALIASES), n=1, cutoff=0.0)
     hint = f"; did you mean {close[0]!r}?" if close else ""
     raise ValueError(f"unknown prune method {method!r}{hint} (known: {', '.join(METHODS)})")
+
+
+def check_target(method: Union[str, Method], target: object) -> Target:
+    """``target`` checked for ``method``: well formed, and of the kind the method takes (a ratio,
+    or ``mXnY`` for ``nm``); a ValueError says what is wrong."""
+    m = get_method(method)
+    t = validate_target(target)
+    if m.takes == "nm":
+        require_nm(t)
+    else:
+        require_ratio(m.name, t)
+    return t
 
 
 def skip_reason(method: Union[str, Method], shape: torch.Size, target: object) -> Optional[str]:

@@ -13,43 +13,15 @@ import torch
 
 from pruners.registry import register_method
 from pruners.selection import keep_largest, remove_lowest, score_dtype
-from pruners.targets import Target, parse_nm
+from pruners.targets import Target, require_nm, require_ratio
 
 __all__ = [
     "filter_mask",
     "irregular_mask",
     "nm_mask",
     "reject_options",
-    "require_nm",
-    "require_ratio",
     "stripe_mask",
 ]
-
-
-def require_ratio(method: str, target: Target) -> float:
-    """The ratio of a ratio-method's target; an M:N string is a clear ValueError."""
-    if isinstance(target, str):
-        raise ValueError(
-            f"M:N targets like {target!r} belong to method 'nm'; "
-            f"method {method!r} takes a ratio of groups removed in [0, 1]"
-        )
-    return float(target)
-
-
-def require_nm(target: Target) -> Optional[tuple[int, int]]:
-    """``(X, Y)`` of an ``mXnY`` target; ``None`` for the ratio 0.0 (dense, "not yet pruned").
-
-    Schedules start every layer at 0.0, so N:M accepts exactly that ratio; any other ratio
-    is a ValueError because N:M's sparsity is fixed by its spec, not by a ratio.
-    """
-    if isinstance(target, str):
-        return parse_nm(target)
-    if float(target) == 0.0:
-        return None
-    raise ValueError(
-        f"method 'nm' takes an 'mXnY' target (e.g. 'm4n2' keeps 2 of every 4), got {target!r}; "
-        "the only ratio it accepts is 0.0 (dense)"
-    )
 
 
 def reject_options(method: str, options: dict) -> None:
@@ -130,7 +102,7 @@ def _input_last(weight: torch.Tensor) -> torch.Tensor:
     return weight.permute(0, 2, 3, 1) if weight.dim() == 4 else weight
 
 
-@register_method("nm", aliases=("mn_prune",), skip=_nm_skip)
+@register_method("nm", aliases=("mn_prune",), skip=_nm_skip, takes="nm")
 def nm_mask(weight: torch.Tensor, target: Target, **options: object) -> torch.Tensor:
     """N:M sparsity as NVIDIA ASP lays it out: keep the Y largest |w| of every X consecutive
     weights along the input dimension (conv: per (out, kh, kw) across input channels; linear:

@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import re
-from typing import Union
+from typing import Optional, Union
 
 Target = Union[float, str]
 
@@ -46,3 +46,30 @@ def validate_target(target: object) -> Target:
             raise ValueError(f"prune ratio {target!r} is outside [0, 1]")
         return ratio
     raise ValueError(f"prune target must be a ratio in [0, 1] or 'mXnY', got {target!r}")
+
+
+def require_ratio(method: str, target: Target) -> float:
+    """The ratio of a ratio-method's target; an M:N string is a clear ValueError."""
+    if isinstance(target, str):
+        raise ValueError(
+            f"M:N targets like {target!r} belong to method 'nm'; "
+            f"method {method!r} takes a ratio of groups removed in [0, 1]"
+        )
+    return float(target)
+
+
+def require_nm(target: Target) -> Optional[tuple[int, int]]:
+    """``(X, Y)`` of an ``mXnY`` target; ``None`` for the ratio 0.0 (dense, "not yet pruned").
+
+    Schedules start every layer at 0.0, so N:M accepts exactly that ratio; any other ratio
+    is a ValueError because N:M's sparsity is fixed by its spec, not by a ratio.
+    """
+    if isinstance(target, str):
+        return parse_nm(target)
+    if float(target) == 0.0:
+        return None
+    raise ValueError(
+        f"method 'nm' takes an 'mXnY' target (e.g. 'm4n2' keeps 2 of every 4), got {target!r}; "
+        "the only ratio it accepts is 0.0 (dense)"
+    )
+
