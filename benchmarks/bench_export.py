@@ -22,8 +22,8 @@ from torch import nn
 
 import pruners  # the project is installed (pip install -e .)
 from pruners.compact import compact, squashed_copy
-from raysweep.export import load_exported, save_model
-from raysweep.latency import measure_pair
+from raysweep.speed.latency import measure_pair
+from raysweep.speed.program import load_exported, save_model
 from raysweep.models import create_model
 
 

@@ -28,11 +28,11 @@ from pathlib import Path
 
 import pandas as pd
 
-from raysweep.engine import init_ray
-from raysweep.pareto import hypervolume
-from raysweep.results import build_reports
+from raysweep.ray_env import init_ray
+from raysweep.results.collect import build_reports
+from raysweep.results.pareto import hypervolume
 from raysweep.space import load_space, to_mapping
-from raysweep.sweep import dense_weights, run_sweep
+from raysweep.sweep.driver import dense_weights, run_sweep
 
 OBJECTIVES = {"accuracy": "max", "sparsity": "max"}
 REFERENCE = {"accuracy": 0.9, "sparsity": 0.0}

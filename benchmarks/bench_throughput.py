@@ -8,7 +8,7 @@ once running (both on one thread: the worker sets torch threads = cpus_per_worke
 Rows, same model, data, global batch, epochs, optimizer (SGD momentum, weight decay):
   plain   one process, no Ray, ``torch.set_num_threads(workers x cpus_per_worker)``; one row
           per thread count the Ray rows need, so each Ray row is compared at equal cores.
-  ray     ``raysweep.engine.build_trainer(RunConfig(...)).fit()`` with N workers (N > 1: DDP,
+  ray     ``raysweep.trial.runner.build_trainer(RunConfig(...)).fit()`` with N workers (N > 1: DDP,
           gloo), the global batch split across them.
 
 images/s is the training set over one epoch's time, from epochs 1..E-1 (epoch 0 is warm-up):
@@ -96,7 +96,7 @@ def worker_fn(fake_sizes: Optional[tuple[int, int]], info_dir: str):
     def fn(config: dict) -> None:
         import ray.train
 
-        from raysweep.loop import train_loop_per_worker
+        from raysweep.trial.runner import train_loop_per_worker
 
         if fake_sizes is not None:
             register_fake_cifar(*fake_sizes)
@@ -192,8 +192,8 @@ def _report_times_callback(path: str):
 
 
 def ray_run(cfg: RunConfig, storage: str, fake_sizes: Optional[tuple[int, int]]) -> Row:
-    from raysweep.engine import build_trainer
-    from raysweep.loop import CHECKPOINT_FILE
+    from raysweep.trial.checkpoint import CHECKPOINT_FILE, read_checkpoint
+    from raysweep.trial.runner import build_trainer
 
     times_file = os.path.join(storage, f"report-times-w{cfg.workers}.jsonl")
     trainer = build_trainer(cfg, storage, f"bench-w{cfg.workers}", callbacks=[_report_times_callback(times_file)])
@@ -206,7 +206,7 @@ def ray_run(cfg: RunConfig, storage: str, fake_sizes: Optional[tuple[int, int]])
     history: list[dict[str, Any]] = []
     if result.checkpoint is not None:
         with result.checkpoint.as_directory() as d:
-            history = torch.load(Path(d) / CHECKPOINT_FILE, map_location="cpu", weights_only=True)["history"]
+            history = read_checkpoint(Path(d) / CHECKPOINT_FILE).history
     if len(history) != cfg.epochs:  # fall back to the metrics the callback saw
         history = [r["metrics"] for r in reports]
     train_s = [h["train_s"] for h in history]  # cumulative train+eval seconds
@@ -316,7 +316,7 @@ def main() -> None:
     if workers:
         import ray
 
-        from raysweep.engine import init_ray
+        from raysweep.ray_env import init_ray
 
         if args.ray_niceness is not None:  # read by the raylet when it starts: before ray.init
             os.environ["RAY_worker_niceness"] = str(args.ray_niceness)

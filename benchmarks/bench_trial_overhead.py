@@ -1,9 +1,9 @@
-"""What a sweep trial costs beyond its own training (issue: performance, per-trial overhead).
+"""What a sweep trial costs beyond its own training: the per-trial overhead of each executor.
 
-Runs N digits trials through the real sweep (Ray Tune; one worker per trial trains in the trial's
-process, several workers with DDP in the sweep's long-lived TorchTrainer worker groups, or with
-RAYSWEEP_TRIAL_POOL=0 a TorchTrainer per trial), then the same N trial configs through the same
-loop in this process without Ray, one after another. Prints:
+Runs N digits trials through the real sweep (Ray Tune; by default one worker per trial trains in
+the trial's process, several workers with DDP in the sweep's long-lived TorchTrainer worker
+groups; ``--executor trainer`` gives each trial a TorchTrainer of its own), then the same N trial
+configs through the same loop in this process without Ray, one after another. Prints:
 
 * per-trial fixed overhead = trial wall time - time inside the training loop (min/median/max),
   where the trial wall time is Tune's ``time_total_s`` (first call of the trial function to its
@@ -15,7 +15,7 @@ loop in this process without Ray, one after another. Prints:
 
 Dense weights are trained once before the timed part (not counted), Ray is started before it.
 
-    python benchmarks/bench_trial_overhead.py [--trials 12] [--workers 1] [--epochs 2]
+    python benchmarks/bench_trial_overhead.py [--trials 12] [--workers 1] [--epochs 2] [--executor auto]
 """
 from __future__ import annotations
 
@@ -29,19 +29,22 @@ from pathlib import Path
 
 import pandas as pd
 
-from raysweep.engine import init_ray
-from raysweep.loop import run_loop
-from raysweep.results import build_reports
-from raysweep.session import LocalSession
+import ray
+
+from raysweep.ray_env import init_ray
+from raysweep.results.collect import build_reports
 from raysweep.space import load_space, trial_run_config
-from raysweep.sweep import base_run_config, dense_weights, max_concurrent_trials, run_sweep, uses_pool
+from raysweep.sweep.driver import base_run_config, dense_weights, run_sweep
+from raysweep.sweep.executors import get_executor, max_concurrent_trials
+from raysweep.trial.loop import run_loop
+from raysweep.trial.sessions import LocalSession
 
 
-def space_mapping(trials: int, workers: int, epochs: int, cpus_per_worker: float) -> dict:
+def space_mapping(trials: int, workers: int, epochs: int, cpus_per_worker: float, executor: str) -> dict:
     return {
         "name": "overhead", "model": "digits_cnn", "dataset": "digits", "dense": "train", "dense_epochs": 5,
         "trials": trials, "search": "random", "seed": 0, "epochs": epochs, "lr": 0.01, "batch_size": 64,
-        "resources": {"workers_per_trial": workers, "cpus_per_worker": cpus_per_worker},
+        "resources": {"workers_per_trial": workers, "cpus_per_worker": cpus_per_worker, "executor": executor},
         "methods": {"irregular": {"*": {"uniform": [0.3, 0.9]}}, "filter": {"features.*": {"uniform": [0.1, 0.5]}}},
         "schedules": {"oneshot": {}},
     }
@@ -70,15 +73,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--cpus_per_worker", type=float, default=0.95,
                    help="just under 1, so that 2 workers and the trial function fit on 2 CPUs")
+    p.add_argument("--executor", default="auto", help="resources.executor: auto, inprocess, pool, trainer")
     p.add_argument("--storage", default=None)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
     storage = Path(args.storage or tempfile.mkdtemp(prefix="raysweep-overhead-")).resolve()
-    space = load_space(space_mapping(args.trials, args.workers, args.epochs, args.cpus_per_worker))
+    space = load_space(space_mapping(args.trials, args.workers, args.epochs, args.cpus_per_worker, args.executor))
 
     init_ray()
     weights = dense_weights(space, storage, None)  # trained once, not timed
-    concurrency = max_concurrent_trials(space)
+    executor = get_executor(space)
+    concurrency = max_concurrent_trials(executor, ray.cluster_resources())
     start = time.perf_counter()
     exp_dir = run_sweep(space, storage, f"overhead-w{args.workers}")
     sweep_wall = time.perf_counter() - start
@@ -89,8 +94,7 @@ def main(argv: list[str] | None = None) -> int:
     plain_wall, plain_in_loop = plain_loop(space, exp_dir, weights)
 
     print(f"load average {os.getloadavg()[0]:.2f} on {os.cpu_count()} cores; {len(done)}/{len(trials)} trials finished, "
-          f"{args.workers} worker(s) per trial, {args.epochs} epochs, {concurrency} at once"
-          f"{', in worker groups kept for the sweep' if uses_pool(space) else ''}")
+          f"{args.workers} worker(s) per trial, {args.epochs} epochs, {concurrency} at once, executor {executor.name}")
     print(f"per-trial overhead (wall_s - train_s): min {min(overhead):.2f} s, median {statistics.median(overhead):.2f} s, "
           f"max {max(overhead):.2f} s   (target median <= {3 if args.workers == 1 else 5} s)")
     print(f"sweep wall {sweep_wall:.1f} s / sum of in-loop {in_loop:.1f} s = {sweep_wall / in_loop:.2f}")

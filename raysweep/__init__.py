@@ -9,11 +9,11 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
-    "pareto_front": "raysweep.pareto",
-    "hypervolume": "raysweep.pareto",
-    "knee_point": "raysweep.pareto",
-    "hypervolume_curve": "raysweep.pareto",
-    "write_reports": "raysweep.reports",
+    "pareto_front": "raysweep.results.pareto",
+    "hypervolume": "raysweep.results.pareto",
+    "knee_point": "raysweep.results.pareto",
+    "hypervolume_curve": "raysweep.results.pareto",
+    "write_reports": "raysweep.results.reports",
     "create_model": "raysweep.models",
     "list_models": "raysweep.models",
     "build_datasets": "raysweep.data",

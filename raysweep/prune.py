@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from raysweep.cli import base_parser, config_from_args, main_with
+from raysweep.trial.flags import base_parser, config_from_args, main_with
 from raysweep.config import RunConfig
 
 PROG = "python -m raysweep.prune"

@@ -26,7 +26,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         except ValueError:
             print(f"{PROG}: error: --objective takes COLUMN:MODE, e.g. accuracy:max", file=sys.stderr)
             return 2
-    from raysweep.results import build_reports
+    from raysweep.results.collect import build_reports
 
     try:
         paths = build_reports(exp_dir, objectives)

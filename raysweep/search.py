@@ -26,16 +26,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def check_space_inputs(space) -> None:
     """Data and dense weights must exist before Ray starts (the space itself is already valid)."""
-    import os
-
     from raysweep.data import build_datasets
-    from raysweep.engine import RunInputError
+    from raysweep.errors import RunInputError
+    from raysweep.space import DENSE_TRAIN
 
     try:
         build_datasets(space.dataset, space.data_root)
     except (ValueError, FileNotFoundError) as exc:
         raise RunInputError(str(exc)) from None
-    if space.dense != "train" and not os.path.isfile(space.dense):
+    if space.dense != DENSE_TRAIN and not os.path.isfile(space.dense):
         raise RunInputError(f"dense weights not found: {space.dense} (set `dense: train` to train them once)")
 
 
@@ -53,7 +52,7 @@ def experiment_name(storage: Path, name: str, resume: bool) -> str:
 def main(argv: Optional[list[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from raysweep.engine import RunInputError
+    from raysweep.errors import RunInputError
     from raysweep.space import load_space
 
     try:
@@ -72,9 +71,9 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{PROG}: error: --resume: no experiment at {storage / name}", file=sys.stderr)
         return 2
 
-    from raysweep.reports import print_front_table
-    from raysweep.results import build_reports, save_sweep_info
-    from raysweep.sweep import run_sweep
+    from raysweep.results.collect import build_reports, save_sweep_info
+    from raysweep.results.reports import print_front_table
+    from raysweep.sweep.driver import run_sweep
 
     if not args.resume:
         save_sweep_info(storage / name, {"name": name, "space": str(args.space or "digits"), "overrides": args.overrides or [], "objectives": space.objectives})

@@ -1,50 +1,21 @@
-"""``python -m raysweep.sensitivity``: how much pruning does each layer tolerate on its own?
-
-Each prunable layer is pruned alone at every ratio of a ladder (one-shot, no fine-tuning) and
-the model's val top-1 is measured, one Ray task per layer (1 CPU each) plus one for the dense
-model. ``--out`` receives:
-
-``sensitivity.csv``   layer, ratio, accuracy, accuracy_drop (dense - pruned), dense_accuracy
-``sensitivity.png``   accuracy vs ratio, one line per layer
-``sensitivity.json``  what was measured (model, dataset, method, weights, ratios, layers)
-
-A search space's ``allocation: {family: sensitivity, table: .../sensitivity.csv}`` reads the
-CSV (``pruners.allocation``). Dense weights are required (``--weight_file``, or a ``--space``
+"""``python -m raysweep.sensitivity``: each prunable layer pruned alone at a ladder of ratios,
+one-shot, as Ray tasks; the table a search space's ``sensitivity`` allocation family reads
+(raysweep.space.sensitivity). Dense weights are required (``--weight_file``, or a ``--space``
 whose ``dense`` is a file): this command never trains. Bad input exits 2 before Ray starts.
 """
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
-from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
 
 import pruners
-from raysweep.engine import RunInputError, init_ray
+from raysweep import ray_env
+from raysweep.errors import RunInputError
+from raysweep.space.sensitivity import DEFAULT_RATIOS, Job, measure, write_outputs
 
 PROG = "python -m raysweep.sensitivity"
-DEFAULT_RATIOS = "0.1,0.3,0.5,0.7,0.9"
-COLUMNS = ["layer", "ratio", "accuracy", "accuracy_drop", "dense_accuracy"]
-
-log = logging.getLogger("raysweep.sensitivity")
-
-
-@dataclass
-class Job:
-    """Checked inputs of one sensitivity analysis."""
-
-    model: str
-    dataset: str
-    data_root: str | None
-    weight_file: str
-    method: str
-    ratios: list[float]
-    layers: list[str]
-    num_classes: int
-    batch_size: int = 256
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -94,13 +65,13 @@ def resolve_job(args: argparse.Namespace) -> Job:
     """Every check that needs no Ray: names, ratios, files, weights loading into the model."""
     from raysweep.config import RunConfig
     from raysweep.data import build_datasets
-    from raysweep.engine import check_inputs
-    from raysweep.space_validate import build_model
+    from raysweep.space.targets import build_model
+    from raysweep.trial.runner import check_inputs
 
     ratios = parse_ratios(args.ratios)
     try:
         method = pruners.get_method(args.method)
-        pruners.skip_reason(method, (8, 8), ratios[-1])  # a ratio must be a target of this method
+        pruners.check_target(method, ratios[-1])  # the ladder's ratios must be targets of this method
     except ValueError as err:
         raise RunInputError(f"--method {args.method}: the ladder is made of --ratios, which it does not take ({err})") from None
     if args.batch_size < 1:
@@ -120,118 +91,6 @@ def resolve_job(args: argparse.Namespace) -> Job:
     return Job(model, dataset, data_root, str(Path(weights).resolve()), method.name, ratios, layers, num_classes, args.batch_size)
 
 
-# ------------------------------------------------------------------------- Ray tasks
-def _setup(job: Job, state: dict) -> tuple[Any, Any]:
-    """(model with the dense weights, val loader) inside a task; one thread per task's CPU."""
-    import torch
-    from torch.utils.data import DataLoader
-
-    from raysweep.data import build_datasets
-    from raysweep.models import create_model
-
-    torch.set_num_threads(1)
-    _, val, _ = build_datasets(job.dataset, job.data_root, augment=False)
-    model = create_model(job.model, num_classes=job.num_classes, dataset=job.dataset)
-    model.load_state_dict(state)
-    return model.eval(), DataLoader(val, batch_size=job.batch_size, shuffle=False)
-
-
-def accuracy(model: Any, loader: Any) -> float:
-    """Val top-1 as a fraction (masked weights computed once per evaluation)."""
-    import torch
-
-    correct = total = 0
-    with torch.no_grad(), torch.nn.utils.parametrize.cached():
-        for x, y in loader:
-            correct += int((model(x).argmax(dim=1) == y).sum())
-            total += len(y)
-    return correct / total
-
-
-def dense_task(job: Job, state: dict) -> float:
-    return accuracy(*_setup(job, state))
-
-
-def layer_task(job: Job, state: dict, layer: str) -> list[tuple[float, float]]:
-    """(ratio, accuracy) with only ``layer`` pruned, for every ratio of the ladder."""
-    import torch
-
-    model, loader = _setup(job, state)
-    method = pruners.get_method(job.method)
-    weights = [m.weight for n, m in pruners.ratio_config.prunable_modules(model).items()
-               if pruners.skip_reason(method, m.weight.shape, job.ratios[-1]) is None]  # fmt: skip
-    # Model-wide options (PatDNN's pattern library) as a whole-model prune would choose them.
-    options = dict(method.model_options(weights)) if method.model_options else {}
-    module = pruners.ratio_config.prunable_modules(model)[layer]
-    original = module.weight.detach().clone()
-    out = []
-    for ratio in job.ratios:
-        pruners.prepare(model, {layer: ratio}, method, **options)
-        out.append((ratio, accuracy(model, loader)))
-        pruners.squash(model)
-        with torch.no_grad():
-            module.weight.copy_(original)
-    return out
-
-
-def measure(job: Job) -> list[dict[str, Any]]:
-    """The table's rows, layers in model order, ratios ascending; tasks run in parallel on Ray."""
-    import ray
-
-    from raysweep.loop import load_weights
-    from raysweep.models import create_model
-
-    model = create_model(job.model, num_classes=job.num_classes, dataset=job.dataset)
-    load_weights(model, job.weight_file)
-    state = ray.put(model.state_dict())
-    dense_ref = ray.remote(num_cpus=1)(dense_task).remote(job, state)
-    refs = {ray.remote(num_cpus=1)(layer_task).remote(job, state, layer): layer for layer in job.layers}
-    results: dict[str, list] = {}
-    pending = list(refs)
-    while pending:
-        done, pending = ray.wait(pending, num_returns=1)
-        results[refs[done[0]]] = ray.get(done[0])
-        log.info("measured %s (%d/%d layers)", refs[done[0]], len(results), len(refs))
-    dense = ray.get(dense_ref)
-    return [
-        {"layer": layer, "ratio": ratio, "accuracy": acc, "accuracy_drop": dense - acc, "dense_accuracy": dense}
-        for layer in job.layers
-        for ratio, acc in results[layer]
-    ]
-
-
-# ------------------------------------------------------------------------- files
-def plot(rows: list[dict[str, Any]], path: Path, title: str) -> Path:
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    for layer in dict.fromkeys(r["layer"] for r in rows):
-        mine = [r for r in rows if r["layer"] == layer]
-        ax.plot([0.0] + [r["ratio"] for r in mine], [mine[0]["dense_accuracy"]] + [r["accuracy"] for r in mine], "o-", label=layer, ms=3)
-    ax.axhline(rows[0]["dense_accuracy"], color="black", ls="--", lw=0.8, label="dense")
-    ax.set_xlabel("ratio of the layer pruned (one-shot, no fine-tuning)")
-    ax.set_ylabel("val top-1")
-    ax.set_title(title)
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize="x-small", ncol=1 + len({r["layer"] for r in rows}) // 16)
-    fig.savefig(path, dpi=120)
-    return path
-
-
-def write_outputs(job: Job, rows: list[dict[str, Any]], out: Path) -> dict[str, Path]:
-    import pandas as pd
-
-    out.mkdir(parents=True, exist_ok=True)
-    paths = {"table": out / "sensitivity.csv", "plot": out / "sensitivity.png", "info": out / "sensitivity.json"}
-    pd.DataFrame(rows, columns=COLUMNS).to_csv(paths["table"], index=False)
-    plot(rows, paths["plot"], f"{job.model} / {job.dataset}: {job.method} sensitivity")
-    paths["info"].write_text(json.dumps({**asdict(job), "dense_accuracy": rows[0]["dense_accuracy"]}, indent=2) + "\n")
-    return paths
-
-
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
@@ -243,7 +102,7 @@ def main(argv: list[str] | None = None) -> int:
     except (RunInputError, ValueError, FileNotFoundError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
-    init_ray(args.address)
+    ray_env.init_ray(args.address)
     try:
         rows = measure(job)
     except Exception as exc:  # noqa: BLE001 -- a failed task: RayTaskError and friends
@@ -256,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     for key, path in paths.items():
         print(f"  {key:5s} {path}")
     return 0
+
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from typing import Optional
 
-from raysweep.cli import base_parser, config_from_args, main_with
+from raysweep.trial.flags import base_parser, config_from_args, main_with
 from raysweep.config import RunConfig
 
 PROG = "python -m raysweep.train"

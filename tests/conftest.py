@@ -12,12 +12,52 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
 
 
+@pytest.fixture(autouse=True, scope="session")
+def one_thread():
+    """Small forwards on a shared 2-core box: one thread avoids OpenMP spin contention (~10x)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _refuse(why: str):
+    def refuse(*a, **k):
+        raise AssertionError(why)
+
+    return refuse
+
+
+@pytest.fixture(autouse=True)
+def ray_only_in_the_ray_lane(request, monkeypatch):
+    """A test without the ``ray`` marker cannot start Ray, so ``pytest -m "not ray"`` (the fast
+    lane of .ci/run) runs no Ray process at all."""
+    if request.node.get_closest_marker("ray") is None:
+        import ray
+
+        monkeypatch.setattr(ray, "init", _refuse(f"{request.node.name} starts Ray but is not marked ray"))
+
+
+@pytest.fixture
+def no_ray(monkeypatch):
+    """Validation must fail before Ray starts: starting it (raysweep's way or Ray's own) fails
+    the test."""
+    import ray
+
+    from raysweep import ray_env
+
+    monkeypatch.setattr(ray_env, "init_ray", _refuse("Ray was started despite bad input"))
+    monkeypatch.setattr(ray, "init", _refuse("Ray was started despite bad input"))
+
+
 @pytest.fixture(scope="session")
 def ray_local():
     """A 2-CPU local Ray with the dashboard on loopback, shut down at the end of the session."""
     import ray
 
-    from raysweep.engine import apply_ray_env_defaults
+    from raysweep.ray_env import apply_ray_env_defaults
 
     apply_ray_env_defaults()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -40,8 +80,9 @@ def dense_digits(tmp_path_factory):
     import torch
 
     from raysweep.config import RunConfig
-    from raysweep.loop import run_loop
-    from raysweep.session import LocalSession
+    from raysweep.trial.checkpoint import save_checkpoint
+    from raysweep.trial.loop import run_loop
+    from raysweep.trial.sessions import LocalSession
 
     threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("dense") / "dense"
@@ -49,7 +90,7 @@ def dense_digits(tmp_path_factory):
     session = LocalSession()
     run_loop({"run": RunConfig(epochs=15, seed=OUTCOME_SEED, print_freq=0).to_dict(), "run_dir": ""}, session)
     torch.set_num_threads(threads)  # the loop sets its own
-    torch.save(session.payload, out / "final.pt")
+    save_checkpoint(session.state, out / "final.pt")
     pd.DataFrame(session.reports).to_csv(out / "metrics.csv", index=False)
     return out
 
@@ -75,14 +116,14 @@ def outcome(request):
 def _checkpointed_epochs(exp: Path) -> dict[str, int]:
     """Trial id -> the last epoch checkpointed, for a sweep's trials that have one (all keep
     them under ``trials/<id>/``)."""
-    import torch
+    from raysweep.trial.checkpoint import CheckpointError, read_checkpoint
 
     found = list(exp.glob("trials/*/checkpoint_epoch*/checkpoint.pt"))
     epochs: dict[str, int] = {}
     for path in found:
         try:
-            epoch = int(torch.load(path, map_location="cpu", weights_only=True)["epoch"])
-        except Exception:  # deleted as a newer one lands
+            epoch = read_checkpoint(path).epoch
+        except CheckpointError:  # deleted as a newer one lands
             continue
         trial = path.parents[1].name
         epochs[trial] = max(epoch, epochs.get(trial, -1))

@@ -1,18 +1,42 @@
 """Shared by several test modules (importable because pytest puts tests/ on sys.path)."""
 from __future__ import annotations
 
-import pytest
+import copy
+from pathlib import Path
+from typing import Any
+
 import torch
+import yaml
 from torch import nn
 
+# The digits sweeps of the tests: two methods whose per-layer targets are searched, one-epoch
+# trials. Each test module sets what it is about (trials, seed, epochs, points, objectives...).
+TINY_SPACE: dict[str, Any] = {
+    "model": "digits_cnn",
+    "dataset": "digits",
+    "search": "random",
+    "seed": 0,
+    "epochs": 1,
+    "lr": 0.01,
+    "batch_size": 128,
+    "methods": {
+        "irregular": {"*": {"uniform": [0.3, 0.9]}, "classifier.2.weight": 0.5},
+        "nm": {"*": {"choice": ["m4n2", "m8n2"]}, "features.0.weight": 0.0},
+    },
+    "schedules": {"oneshot": {}},
+}
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Small forwards on a shared 2-core box: one thread avoids OpenMP spin contention (~10x)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+
+def tiny_space(name: str, **fields: Any) -> dict[str, Any]:
+    """A tiny digits space named ``name``, with ``fields`` replacing the defaults above."""
+    return {**copy.deepcopy(TINY_SPACE), "name": name, **fields}
+
+
+def write_space(folder: Path, space: dict[str, Any]) -> Path:
+    """``space`` as ``<folder>/<name>.yaml``; returns the file."""
+    path = Path(folder) / f"{space['name']}.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
 
 
 def randomize(model: nn.Module, seed: int = 0) -> nn.Module:

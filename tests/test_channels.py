@@ -9,7 +9,7 @@ import pruners
 from pruners.channels import ChannelGroup, channel_groups, index_channels
 from raysweep.models import create_model
 
-from helpers import one_thread, randomize  # noqa: F401  (one_thread: autouse fixture)
+from helpers import randomize
 
 # (model, example input shape): resnet18 is torchvision's ImageNet one, traced at 64x64 for speed.
 MODELS = [

@@ -37,7 +37,8 @@ from typing import Optional
 
 import pandas as pd
 import pytest
-import yaml
+
+from helpers import tiny_space, write_space
 
 try:
     import psutil
@@ -49,28 +50,14 @@ pytestmark = pytest.mark.ray
 
 REPO = Path(__file__).resolve().parents[1]
 
-SPACE = {
-    "name": "tiny",
-    "model": "digits_cnn",
-    "dataset": "digits",
-    "dense": "train",
-    "dense_epochs": 3,
-    "trials": 5,
-    "search": "random",
-    "seed": 3,
+SPACE = tiny_space(
+    "tiny", dense="train", dense_epochs=3, trials=5, seed=3,
     # `ray job stop` takes effect some 5-10 s after it is asked (CLI start, SIGTERM, a grace
     # period): trials of a few seconds each, and five of them, so that it lands midway.
-    "epochs": 10,
-    "lr": 0.01,
-    "batch_size": 128,
-    "methods": {
-        "irregular": {"*": {"uniform": [0.3, 0.9]}, "classifier.2.weight": 0.5},
-        "nm": {"*": {"choice": ["m4n2", "m8n2"]}, "features.0.weight": 0.0},
-    },
-    "schedules": {"oneshot": {}},
+    epochs=10,
     # A 2-CPU node holds one trial's worker, and none beside a driver that reserves 1 CPU.
-    "resources": {"workers_per_trial": 1, "cpus_per_worker": 1.5},
-}
+    resources={"workers_per_trial": 1, "cpus_per_worker": 1.5},
+)  # fmt: skip
 TERMINAL = {"SUCCEEDED", "FAILED", "STOPPED"}
 # What a client would otherwise pick up from this process's environment.
 _CLIENT_ENV = ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS", "RAY_JOB_HEADERS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH")
@@ -247,9 +234,7 @@ def cluster():
 
 
 def _space_file(cluster: Cluster) -> Path:
-    path = cluster.root / "tiny.yaml"
-    path.write_text(yaml.safe_dump(SPACE))
-    return path
+    return write_space(cluster.root, SPACE)
 
 
 @pytest.fixture(scope="module")

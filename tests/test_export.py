@@ -13,10 +13,13 @@ from torch import nn
 import pruners
 from pruners.compact import BiasMapConv2d, compact, squashed_copy
 from raysweep import export
+from raysweep.speed.export import load_checkpoint
+from raysweep.speed.program import load_exported, save_model
+from raysweep.speed.semi_structured import is_2to4, semi_structured_check
 from raysweep.config import RunConfig
 from raysweep.models import create_model
 
-from helpers import one_thread, randomize  # noqa: F401  (one_thread: autouse fixture)
+from helpers import randomize
 
 TOL = 1e-5
 
@@ -87,7 +90,7 @@ def test_fold_borders_removes_every_dead_channel_with_bias_maps(tmp_path, capsys
     out = tmp_path / "fb.pt2"
     assert export.main([str(ckpt), "--out", str(out), "--fold-borders", "-q"]) == 0
     assert "per-position bias map" in capsys.readouterr().out
-    assert max_diff(export.load_exported(out), model, (1, 8, 8)) <= TOL
+    assert max_diff(load_exported(out), model, (1, 8, 8)) <= TOL
 
 
 class Folds(nn.Module):
@@ -199,14 +202,14 @@ def test_irregular_and_nm_exports_say_zeros_bring_no_speed_and_2to4_is_skipped(t
 def test_semi_structured_check_reasons(monkeypatch):
     model = masked("digits_cnn", {"classifier.*": "m4n2"}, "nm")
     plain = squashed_copy(model)
-    assert export.is_2to4(plain.classifier[0].weight) and export.is_2to4(plain.classifier[2].weight)
-    assert not export.is_2to4(plain.features[3].weight.flatten(1)) and not export.is_2to4(torch.ones(4, 8))
+    assert is_2to4(plain.classifier[0].weight) and is_2to4(plain.classifier[2].weight)
+    assert not is_2to4(plain.features[3].weight.flatten(1)) and not is_2to4(torch.ones(4, 8))
     if not torch.cuda.is_available():
-        assert export.semi_structured_check(model, (1, 8, 8))["status"] == "skipped"
+        assert semi_structured_check(model, (1, 8, 8))["status"] == "skipped"
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (7, 5))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Tesla T4")
-    res = export.semi_structured_check(model, (1, 8, 8))
+    res = semi_structured_check(model, (1, 8, 8))
     assert res == {"status": "skipped", "reason": "Tesla T4 has compute capability 7.5; 2:4 kernels need >= 8.0"}
 
 
@@ -221,8 +224,8 @@ def test_torchscript_fallback_when_torch_export_fails(tmp_path):
 
     model = DataDependent().eval()
     x = torch.ones(2, 4)
-    assert export.save_model(model, x, tmp_path / "m.pt2") == "torchscript"
-    loaded = export.load_exported(tmp_path / "m.pt2")
+    assert save_model(model, x, tmp_path / "m.pt2") == "torchscript"
+    loaded = load_exported(tmp_path / "m.pt2")
     assert torch.allclose(loaded(x), model(x)) and torch.allclose(loaded(-x), model(-x))  # both branches
 
 
@@ -252,7 +255,7 @@ def test_cli_errors_exit_2_with_one_message(tmp_path, capsys):
 def test_plain_state_dict_with_model_flag_and_other_class_count(tmp_path):
     net = create_model("digits_cnn", num_classes=7)
     torch.save(net.state_dict(), tmp_path / "w.pt")
-    model, info = export.load_checkpoint(tmp_path / "w.pt", model="digits_cnn", dataset="digits")
+    model, info = load_checkpoint(tmp_path / "w.pt", model="digits_cnn", dataset="digits")
     assert model.classifier[2].out_features == 7 and info["input_size"] == (1, 8, 8)
     (tmp_path / "config.json").write_text(json.dumps({"model": "digits_cnn", "dataset": "digits"}))
-    assert export.load_checkpoint(tmp_path / "w.pt")[1]["model"] == "digits_cnn"
+    assert load_checkpoint(tmp_path / "w.pt")[1]["model"] == "digits_cnn"

@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 import pruners
-from raysweep.latency import measure_latency, measure_pair, trial_latency
+from raysweep.speed.latency import measure_latency, measure_pair, trial_latency
 from raysweep.models import create_model
 
 

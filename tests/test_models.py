@@ -21,7 +21,6 @@ from raysweep.models import (
 )
 from raysweep.models import small
 
-from helpers import one_thread  # noqa: F401  (autouse fixture: one torch thread)
 
 SEED_CONFIGS = Path(__file__).resolve().parents[2] / "shared" / "seed" / "prune_config"
 

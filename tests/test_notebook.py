@@ -16,8 +16,9 @@ import yaml
 from nbclient import NotebookClient
 
 from raysweep import search
-from raysweep.pareto import knee_point
-from raysweep.reports import finished_mask
+from helpers import tiny_space, write_space
+from raysweep.results.pareto import knee_point
+from raysweep.results.reports import finished_mask
 
 pytestmark = pytest.mark.ray
 
@@ -25,33 +26,19 @@ REPO = Path(__file__).resolve().parents[1]
 NOTEBOOK = REPO / "notebooks" / "pareto_analysis.ipynb"
 REPORTS = ("trials.csv", "pareto.csv", "report.md", "report.html", "pareto.png")
 
-SPACE = {
-    "name": "nb",
-    "model": "digits_cnn",
-    "dataset": "digits",
-    "trials": 2,
-    "search": "random",
-    "seed": 2,
-    "epochs": 1,
-    "lr": 0.01,
-    "batch_size": 128,
-    "methods": {
-        "irregular": {"*": {"uniform": [0.3, 0.9]}, "classifier.2.weight": 0.5},
-        "nm": {"*": {"choice": ["m4n2", "m8n2"]}, "features.0.weight": 0.0},
-    },
-    "schedules": {"oneshot": {}},
-    "points": [{"method": "nm", "ratios": {"*": "m4n2", "features.0.weight": 0.0}}],
+SPACE = tiny_space(
+    "nb", trials=2, seed=2,
+    points=[{"method": "nm", "ratios": {"*": "m4n2", "features.0.weight": 0.0}}],
     # a latency objective: the notebook draws accuracy against latency beside accuracy-sparsity
-    "objectives": {"accuracy": "max", "sparsity": "max", "latency_ms_b64": "min"},
-}
+    objectives={"accuracy": "max", "sparsity": "max", "latency_ms_b64": "min"},
+)  # fmt: skip
 
 
 @pytest.fixture(scope="module")
 def experiments(ray_local, dense_digits, tmp_path_factory):
     """Two experiment folders from one sweep of 3 one-epoch trials (the session's dense model)."""
     root = tmp_path_factory.mktemp("notebook")
-    space_file = root / "nb.yaml"
-    space_file.write_text(yaml.safe_dump({**SPACE, "dense": str(dense_digits / "final.pt")}))
+    space_file = write_space(root, {**SPACE, "dense": str(dense_digits / "final.pt")})
     assert search.main(["--space", str(space_file), "--storage", str(root / "results"), "-q"]) == 0
     first, second = root / "results" / "nb", root / "results" / "nb-copy"
     shutil.copytree(first, second)

@@ -15,8 +15,8 @@ import torch
 import pruners
 from conftest import OUTCOME_SEED
 from raysweep.config import RunConfig
-from raysweep.loop import run_loop
-from raysweep.session import LocalSession
+from raysweep.trial.loop import run_loop
+from raysweep.trial.sessions import LocalSession
 
 pytestmark = pytest.mark.outcome
 
@@ -44,14 +44,14 @@ def test_irregular_090_with_agp_stays_near_dense(dense_digits, outcome):
     torch.set_num_threads(threads)
     final = session.reports[-1]
     assert final["sparsity"] == pytest.approx(0.9, abs=1e-3)
-    assert all(int((~wm.mask).sum()) == int(0.9 * wm.mask.numel() + 0.5) for wm in _masks(session.payload))
+    assert all(int((~wm.mask).sum()) == int(0.9 * wm.mask.numel() + 0.5) for wm in _masks(session.state))
     # Drop measured 0.28-1.94 points over seeds 0-4 on both kernel paths: 3.5 points leaves >= 1.5.
     outcome(final["accuracy"], _final_accuracy(dense_digits) - 0.035)
 
 
-def _masks(payload):
+def _masks(state):
     from raysweep.models import create_model
 
     model = create_model("digits_cnn", dataset="digits")
-    pruners.load_masked_state_dict(model, payload["model"])
+    pruners.load_masked_state_dict(model, state.model)
     return pruners.masked_parameters(model).values()

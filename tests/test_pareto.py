@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raysweep.pareto import (
+from raysweep.results.pareto import (
     DEFAULT_OBJECTIVES,
     hypervolume,
     hypervolume_curve,

@@ -1,4 +1,4 @@
-"""Multi-worker trials in long-lived DDP worker groups (raysweep.pool).
+"""Multi-worker trials in long-lived DDP worker groups (raysweep.sweep.pool).
 
 The dispatcher's bookkeeping is tested directly on asyncio; one sweep of 2-worker trials shows
 the worker group serving trial after trial with DDP, and a diverging trial failing alone."""
@@ -13,10 +13,10 @@ import time
 import pandas as pd
 import pytest
 import torch
-import yaml
 
+from helpers import tiny_space, write_space
 from raysweep import search
-from raysweep.pool import IDLE, MAX_ATTEMPTS, TrialDispatcher
+from raysweep.sweep.dispatcher import IDLE, MAX_ATTEMPTS, TrialDispatcher
 
 
 def _run(coro):
@@ -26,14 +26,10 @@ def _run(coro):
 def _sweep_args(tmp_path, dense_digits, name: str, **fields) -> list[str]:
     """``raysweep.search`` arguments for a digits sweep of 2-worker trials (2 x 0.95 CPUs: one
     worker group on the 2-CPU test Ray) with ``fields`` set."""
-    space = {
-        "name": name, "model": "digits_cnn", "dataset": "digits", "dense": str(dense_digits / "final.pt"),
-        "search": "grid", "trials": 1, "seed": 0, "batch_size": 128, "schedules": {"oneshot": {}},
-        "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.95}, **fields,
-    }
-    space_file = tmp_path / f"{name}.yaml"
-    space_file.write_text(yaml.safe_dump(space))
-    return ["--space", str(space_file), "--storage", str(tmp_path), "-q"]
+    fixed = {"dense": str(dense_digits / "final.pt"), "search": "grid", "trials": 1,
+             "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.95}}  # fmt: skip
+    space = tiny_space(name, **{**fixed, **fields})
+    return ["--space", str(write_space(tmp_path, space)), "--storage", str(tmp_path), "-q"]
 
 
 async def _submit(d: TrialDispatcher, *trial_ids: str) -> None:
@@ -178,11 +174,11 @@ def test_a_trial_whose_worker_dies_resumes_in_a_new_group(ray_local, dense_digit
 
 
 @pytest.mark.ray
-def test_without_the_pool_each_trial_has_a_torchtrainer_of_its_own(ray_local, dense_digits, tmp_path, monkeypatch):
+def test_the_trainer_executor_gives_each_trial_a_torchtrainer_of_its_own(ray_local, dense_digits, tmp_path):
     from ray.tune import ExperimentAnalysis
 
-    monkeypatch.setenv("RAYSWEEP_TRIAL_POOL", "0")
-    args = _sweep_args(tmp_path, dense_digits, "own", epochs=1, lr=0.01, methods={"filter": {"features.*": 0.25}})
+    args = _sweep_args(tmp_path, dense_digits, "own", epochs=1, lr=0.01, methods={"filter": {"features.*": 0.25}},
+                       resources={"workers_per_trial": 2, "cpus_per_worker": 0.95, "executor": "trainer"})  # fmt: skip
     assert search.main(args) == 0
     exp = tmp_path / "own"
     trials = pd.read_csv(exp / "trials.csv")
@@ -193,3 +189,31 @@ def test_without_the_pool_each_trial_has_a_torchtrainer_of_its_own(ray_local, de
     assert not (exp / "pool").exists()
     # Ray Train's own checkpoint of the trial's run, where the report looks for it.
     assert trials["checkpoint"].iloc[0].endswith(f"trials/{trial.trial_id}/checkpoint_epoch0000/checkpoint.pt")
+
+
+@pytest.mark.ray
+def test_a_group_that_fails_before_taking_a_trial_fails_the_waiting_trials(ray_local, tmp_path):
+    """An import that fails in every worker ends the slot after two groups, and the trial
+    waiting for it fails with that import's error within a minute."""
+    import pickle
+    from types import SimpleNamespace
+
+    import ray
+
+    from raysweep.config import RunConfig
+    from raysweep.sweep.pool import PoolCallback, TrialFailed, WorkerPool, run_pool_trial
+
+    base = RunConfig(workers=2, cpus_per_worker=0.95)
+    pool = WorkerPool(base, slots=1, exp_dir=tmp_path, budget=10, preload=["raysweep_no_such_module"])
+    pool.start()
+    try:
+        # Tune pickles its callbacks with the experiment: this one holds only the dispatcher's name.
+        callback = pickle.loads(pickle.dumps(PoolCallback(pool.name)))
+        callback.on_trial_complete(0, [], SimpleNamespace(trial_id="stopped"))
+        assert ray.get(pool.dispatcher.fetch.remote("stopped")) == [("cancelled", None)]
+        start = time.time()
+        with pytest.raises(TrialFailed, match="No module named 'raysweep_no_such_module'"):
+            run_pool_trial(pool.dispatcher, "waiting", base, str(tmp_path / "waiting"))
+        assert time.time() - start < 60
+    finally:
+        pool.stop()

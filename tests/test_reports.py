@@ -5,8 +5,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raysweep.pareto import hypervolume, pareto_front
-from raysweep.reports import failed_mask, finished_mask, print_front_table, write_reports
+from raysweep.results.pareto import hypervolume, pareto_front
+from raysweep.results.reports import failed_mask, finished_mask, print_front_table, write_reports
 
 ERROR_TEXT = "RuntimeError: CUDA out of memory in trial t07"
 

@@ -6,15 +6,7 @@ import pytest
 from raysweep import prune, train
 
 
-@pytest.fixture(autouse=True)
-def no_ray(monkeypatch):
-    """Validation must fail before Ray starts: make starting it an error."""
-    import raysweep.engine
-
-    def refuse(*a, **k):
-        raise AssertionError("Ray was started despite bad input")
-
-    monkeypatch.setattr(raysweep.engine, "init_ray", refuse)
+pytestmark = pytest.mark.usefixtures("no_ray")  # validation fails before Ray starts
 
 
 def _err(capsys) -> str:
@@ -70,3 +62,14 @@ def test_corrupt_checkpoint(capsys, tmp_path):
 def test_resume_of_a_folder_that_is_no_run(capsys, tmp_path):
     assert train.main(["--resume", str(tmp_path)]) == 2
     assert "config.json" in _err(capsys)
+
+
+def test_tests_outside_the_ray_lane_cannot_start_ray():
+    """The guard that keeps `pytest -m "not ray"` free of Ray processes (tests/conftest.py)."""
+    import ray
+
+    from raysweep import ray_env
+
+    with pytest.raises(AssertionError, match="not marked ray|despite bad input"):
+        ray_env.init_ray()
+    assert not ray.is_initialized()

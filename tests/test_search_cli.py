@@ -7,14 +7,7 @@ import yaml
 from raysweep import report, search
 
 
-@pytest.fixture(autouse=True)
-def no_ray(monkeypatch):
-    import raysweep.engine
-
-    def refuse(*a, **k):
-        raise AssertionError("Ray was started despite bad input")
-
-    monkeypatch.setattr(raysweep.engine, "init_ray", refuse)
+pytestmark = pytest.mark.usefixtures("no_ray")  # validation fails before Ray starts
 
 
 def test_space_errors_are_reported_together(tmp_path, capsys):

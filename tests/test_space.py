@@ -25,7 +25,9 @@ from raysweep.space import (
     trial_run_config,
     trial_targets,
 )
-from raysweep.space_validate import Dist, build_model
+from raysweep.space.schema import Dist
+from raysweep.space.targets import build_model
+from raysweep.sweep.driver import tune_config
 
 SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
 REFERENCE = SPACES_DIR / "reference"
@@ -216,6 +218,8 @@ def test_every_problem_is_reported_at_once():
     ({"trials": 0}, "nothing to run"),
     ({"trials": -1}, "trials: must be an int >= 0"),
     ({"resources": {"workers_per_trial": 0}}, "workers_per_trial: must be an int >= 1"),
+    ({"resources": {"executor": "poool"}}, "unknown executor 'poool'; did you mean 'pool'?"),
+    ({"resources": {"workers_per_trial": 2, "executor": "inprocess"}}, "inprocess trains one rank in the trial's own process"),
     ({"scheduler": "ashaa"}, "did you mean 'asha'"),
     ({"model": "vgg61", "dataset": "cifar10"}, "unknown model 'vgg61'"),
     ({"dataset": "cifar11"}, "unknown dataset 'cifar11'"),
@@ -234,7 +238,7 @@ def test_grid_turns_choices_into_grid_search():
     param_space, _ = to_tune(space)
     assert param_space["method"] == {"grid_search": ["irregular", "filter"]}
     assert param_space["irregular"]["*"] == {"grid_search": [0.5, 0.7]}
-    assert space.num_samples == 1
+    assert tune_config(space, [], concurrency=2).num_samples == 1  # what Tune receives: the grid once
 
 
 def test_reference_yaml_as_spec():
@@ -439,3 +443,28 @@ def test_searched_trials_with_nothing_to_search_is_a_space_error():
         load_space(fixed)
     load_space({**fixed, "trials": 0, "points": [{"method": "irregular", "ratios": {"*": 0.5}}]})  # points only: fine
     load_space({**fixed, "methods": {"irregular": {"*": 0.5}, "filter": {"*": 0.3}}})  # the method is searched
+
+
+def test_every_space_key_has_its_parser():
+    from raysweep.space.parse import HPARAM_CHECKS, SCALAR_CHECKS, SECTIONS
+    from raysweep.space.schema import HPARAM_TYPES
+
+    assert set(SPACE_KEYS) == {*SCALAR_CHECKS, *HPARAM_CHECKS, *SECTIONS}
+    assert set(HPARAM_CHECKS) == set(HPARAM_TYPES)
+
+
+@pytest.mark.parametrize("resources,executor,tune_cpu,slots", [
+    ({}, "inprocess", 1.0, 2),  # one worker: the trial function is the worker
+    ({"workers_per_trial": 2, "cpus_per_worker": 0.95}, "pool", 0.001, 1),
+    ({"workers_per_trial": 2, "cpus_per_worker": 0.5, "executor": "trainer"}, "trainer", 0.001, 1),
+    ({"cpus_per_worker": 0.5, "executor": "pool"}, "pool", 0.001, 3),
+])  # fmt: skip
+def test_the_executor_is_decided_once_and_says_what_tune_reserves(resources, executor, tune_cpu, slots):
+    """What Ray Tune receives per trial, and how many trials fit a 2-CPU cluster."""
+    from raysweep.sweep.driver import EXECUTORS  # noqa: F401 -- registers the pool executor
+    from raysweep.sweep.executors import get_executor, max_concurrent_trials
+
+    chosen = get_executor(load_space({"trials": 0, "points": [{"method": "irregular", "ratios": {"*": 0.5}}], "resources": resources}))
+    assert chosen.name == executor and chosen.trial_resources()["CPU"] == tune_cpu
+    assert max_concurrent_trials(chosen, {"CPU": 2.0}) == slots
+    assert chosen.callbacks() == []  # the pool's callback exists only once a pool has started

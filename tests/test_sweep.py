@@ -13,31 +13,21 @@ import torch
 import yaml
 
 import pruners
+from helpers import tiny_space, write_space
 from raysweep import report, search
 from raysweep.models import create_model
 
 pytestmark = pytest.mark.ray
 
-SPACE = {
-    "name": "tiny",
-    "model": "digits_cnn",
-    "dataset": "digits",
-    "dense": "train",
-    "dense_epochs": 6,
-    "trials": 4,
-    "search": "random",
-    "seed": 1,
-    "epochs": 1,
-    "lr": 0.01,
-    "batch_size": 128,
-    "methods": {
+SPACE = tiny_space(
+    "tiny", dense="train", dense_epochs=6, trials=4, seed=1,
+    methods={
         "irregular": {"*": {"uniform": [0.3, 0.95]}, "classifier.2.weight": 0.5},
         "filter": {"features.*": {"uniform": [0.1, 0.5]}, "classifier.2.weight": 0.0},
         "nm": {"*": {"choice": ["m4n2", "m8n2"]}, "features.0.weight": 0.0},
     },
-    "schedules": {"oneshot": {}},
-    "points": [{"method": "irregular", "ratios": {"*": 0.6}}],
-}
+    points=[{"method": "irregular", "ratios": {"*": 0.6}}],
+)  # fmt: skip
 TRIAL_COLUMNS = [
     "trial_id", "status", "method", "schedule", "accuracy", "top5", "sparsity", "sparsity_conv",
     "sparsity_seed", "flops_ratio", "params_remaining", "epochs", "wall_s", "train_s", "checkpoint",
@@ -48,8 +38,7 @@ TRIAL_COLUMNS = [
 def resumed_sweep(ray_local, tmp_path_factory, checkpointed_epochs):
     """A sweep whose driver is killed after two trials, then resumed to the end."""
     root = tmp_path_factory.mktemp("sweep")
-    space_file = root / "tiny.yaml"
-    space_file.write_text(yaml.safe_dump(SPACE))
+    space_file = write_space(root, SPACE)
     storage = root / "results"
     address = ray_local.get_runtime_context().gcs_address
     cmd = [sys.executable, "-m", "raysweep.search", "--space", str(space_file), "--storage", str(storage), "--address", address, "-q"]
@@ -131,8 +120,7 @@ def test_a_failing_trial_is_reported_and_the_others_finish(resumed_sweep, tmp_pa
         "lr": {"choice": [0.01, 1.0e12]},  # the second diverges: NaN loss
         "methods": {"irregular": {"*": 0.5}},
     }
-    space_file = tmp_path / "nan.yaml"
-    space_file.write_text(yaml.safe_dump(space))
+    space_file = write_space(tmp_path, space)
     assert search.main(["--space", str(space_file), "--storage", str(tmp_path), "-q"]) == 0
     trials = pd.read_csv(tmp_path / "nan" / "trials.csv")
     assert sorted(trials["status"]) == ["ERROR", "TERMINATED"]

@@ -1,7 +1,7 @@
 """VGG with BatchNorm for 32x32 inputs, named like the reference project.
 
 ``block0``..``block4`` are Sequentials of [conv3x3, BatchNorm2d, ReLU] triples, so the
-convolutions sit at indices 0, 3, 6, 9 and the seed's ``prune_config/*.yaml`` names
+convolutions sit at indices 0, 3, 6, 9 and the reference project's ``prune_config/*.yaml`` names
 (``block2.6.weight``) address them directly. Max-pooling happens in ``forward`` rather
 than inside the blocks so that the indices stay those triples.
 """

@@ -132,7 +132,7 @@ def resnet18(num_classes: int = 1000, input_size: tuple[int, int, int] = (3, 224
 @register_model("resnet50", family="imagenet", input_size=(3, 224, 224), num_classes=1000)
 def resnet50(num_classes: int = 1000, input_size: tuple[int, int, int] = (3, 224, 224),
              pretrained: bool = False, weights: str = "IMAGENET1K_V1") -> nn.Module:
-    """torchvision ResNet-50 with ``last_linear``; V1 weights by default, as the seed used."""
+    """torchvision ResNet-50 with ``last_linear``; V1 weights by default, as the reference project used."""
     return _build(lambda n: _resnet("Bottleneck", [3, 4, 6, 3], n), _tvm().ResNet50_Weights,
                   "last_linear", num_classes, input_size, pretrained, weights, _FC_RENAME)
 

@@ -1,4 +1,5 @@
-"""Driver side of one run: check the inputs, start Ray, run a ``TorchTrainer``, write the run dir.
+"""One run outside a sweep (``raysweep.train``/``.prune``): check the inputs, start Ray, run a
+``TorchTrainer``, write the run directory.
 
 A run directory (``<output>/<name>/``) holds ``config.json`` (the resolved config),
 ``metrics.csv`` (one row per epoch), ``final.pt`` and ``best.pt`` (the best is taken only
@@ -16,42 +17,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from raysweep import ray_env
 from raysweep.config import RunConfig
+from raysweep.errors import RunInputError, first_line
+from raysweep.trial.checkpoint import CHECKPOINT_FILE, CheckpointError, load_weights, read_checkpoint
 
-log = logging.getLogger("raysweep.engine")
-
-# Ray Train V2 settings that cut a run's fixed cost on small machines. Each is only a default:
-# a value already in the environment wins. See README "Ray settings".
-RAY_ENV_DEFAULTS = {
-    # The controller polls its workers this often (default 2 s): every report waits for it.
-    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2",
-    # The preemption watcher is an extra actor per run that only matters on spot/drained nodes.
-    "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
-}
-
-
-class RunInputError(ValueError):
-    """Bad input found before any Ray work starts; the CLI prints it and exits 2."""
-
-
-def apply_ray_env_defaults() -> None:
-    for key, value in RAY_ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
-
-
-def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
-    """Start (or join) Ray with the dashboard on loopback; token auth stays as Ray sets it."""
-    import ray
-
-    apply_ray_env_defaults()
-    if ray.is_initialized():
-        return
-    address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
-    if address:
-        ray.init(address=address, **kwargs)
-    else:
-        ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+log = logging.getLogger("raysweep.runner")
 
 
 def check_inputs(cfg: RunConfig) -> None:
@@ -72,15 +43,15 @@ def check_inputs(cfg: RunConfig) -> None:
     except (ValueError, FileNotFoundError) as exc:
         raise RunInputError(str(exc)) from None
     if cfg.weight_file:
-        from raysweep.loop import load_weights
-
         if not os.path.isfile(cfg.weight_file):
             problems.append(f"weight file not found: {cfg.weight_file}")
         else:
             try:
                 load_weights(model, cfg.weight_file)
-            except Exception as exc:  # corrupt file, wrong model, pickled code
-                problems.append(f"cannot load weight file {cfg.weight_file} into {cfg.model}: {_first_line(exc)}")
+            except CheckpointError as exc:
+                problems.append(f"cannot load weight file: {exc}")
+            except Exception as exc:  # a state dict of another model
+                problems.append(f"cannot load weight file {cfg.weight_file} into {cfg.model}: {first_line(exc)}")
     if cfg.method:
         try:
             pruners.get_method(cfg.method)
@@ -123,16 +94,14 @@ def build_trainer(
     cfg: RunConfig, storage_path: str, name: str, callbacks: Optional[list] = None, run_dir: str = "",
     loop: Optional[Callable[[dict], None]] = None, loop_config: Optional[dict[str, Any]] = None,
 ):
-    """The ``TorchTrainer`` for one run (``loop``: ``raysweep.loop.train_loop_per_worker`` on
-    ``cfg``); the sweep's multi-worker trials and its worker pool (``raysweep.pool``) build theirs here too."""
+    """The ``TorchTrainer`` for one run (``loop``: ``train_loop_per_worker`` on ``cfg``); the
+    sweep's ``trainer`` trials and its worker pool (raysweep.sweep.pool) build theirs here too."""
     import ray.train
     from ray.train.torch import TorchTrainer
 
-    from raysweep.loop import train_loop_per_worker
-
     # Here too, not only in init_ray: in a sweep on an existing cluster this runs in a Ray worker,
     # whose environment is the node's, and Ray Train passes these on from the trainer's process.
-    apply_ray_env_defaults()
+    ray_env.apply_ray_env_defaults()
     return TorchTrainer(
         loop or train_loop_per_worker,
         train_loop_config=loop_config if loop_config is not None else {"run": cfg.to_dict(), "run_dir": run_dir},
@@ -150,9 +119,18 @@ def build_trainer(
             ),
             callbacks=callbacks,
             # Ray Train's per-report INFO lines drown the epoch log; warnings still show.
-            logging_config=ray.train.LoggingConfig(log_level=os.environ.get("RAYSWEEP_TRAIN_LOG_LEVEL", "WARNING")),
+            logging_config=ray.train.LoggingConfig(log_level=ray_env.train_log_level()),
         ),
     )
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    """Ray Train's entry point: the loop in one rank of the worker group."""
+    from raysweep.trial.loop import run_loop
+    from raysweep.trial.sessions import TrainSession
+
+    ray_env.quiet_report_lines()
+    run_loop(config, TrainSession())
 
 
 @dataclass
@@ -179,7 +157,7 @@ def execute(cfg: RunConfig, *, resume: bool = False, address: Optional[str] = No
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
-    init_ray(address)
+    ray_env.init_ray(address)
     check_cluster(cfg)
     started = time.time()
     trainer = build_trainer(cfg, str(run_dir.parent), run_dir.name, run_dir=str(run_dir))
@@ -190,9 +168,6 @@ def execute(cfg: RunConfig, *, resume: bool = False, address: Optional[str] = No
 def collect_run(result, run_dir: Path, wall_s: float) -> RunResult:
     """Turn a Ray Train ``Result`` into the run directory's files."""
     import pandas as pd
-    import torch
-
-    from raysweep.loop import CHECKPOINT_FILE
 
     final_ckpt = run_dir / "final.pt"
     with result.checkpoint.as_directory() as d:
@@ -204,16 +179,10 @@ def collect_run(result, run_dir: Path, wall_s: float) -> RunResult:
         best_ckpt = run_dir / "best.pt"
         with best.as_directory() as d:
             shutil.copyfile(Path(d) / CHECKPOINT_FILE, best_ckpt)
-    payload = torch.load(final_ckpt, map_location="cpu", weights_only=True)
-    pd.DataFrame(payload["history"]).to_csv(run_dir / "metrics.csv", index=False)
-    pd.DataFrame(payload["layers"]).to_csv(run_dir / "layers.csv", index=False)
+    final = read_checkpoint(final_ckpt)
+    pd.DataFrame(final.history).to_csv(run_dir / "metrics.csv", index=False)
+    pd.DataFrame(final.layers).to_csv(run_dir / "layers.csv", index=False)
     metrics = dict(result.metrics)
     summary = {**metrics, "wall_s": wall_s, "final_checkpoint": str(final_ckpt), "best_checkpoint": str(best_ckpt) if best_ckpt else None}
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
     return RunResult(run_dir, metrics, final_ckpt, best_ckpt)
-
-
-def _first_line(exc: BaseException) -> str:
-    """The gist of an exception: its first line, plus the first detail line when it has one."""
-    text = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
-    return " ".join(text[:2])[:400] if text else type(exc).__name__

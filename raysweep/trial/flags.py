@@ -1,4 +1,5 @@
-"""Flags shared by ``raysweep.train`` and ``raysweep.prune`` (the reference project's, plus Ray's)."""
+"""Flags shared by ``raysweep.train`` and ``raysweep.prune`` (the reference project's, plus Ray's),
+and the run they start."""
 from __future__ import annotations
 
 import argparse
@@ -68,7 +69,8 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def run_cli(args: argparse.Namespace, build: Callable[[argparse.Namespace], RunConfig], prog: str) -> int:
     """Check inputs before Ray, run, print where the results are. Exit 0 / 1 (run failed) / 2 (bad input)."""
-    from raysweep.engine import RunInputError, check_inputs, execute
+    from raysweep.errors import RunInputError
+    from raysweep.trial.runner import check_inputs, execute
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     resume = args.resume is not None

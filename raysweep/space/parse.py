@@ -1,45 +1,43 @@
 """From a raw search-space mapping to ``SearchSpace`` fields, section by section.
 
 Each section parser records what is wrong in a shared ``Problems`` and goes on, so one pass
-reports everything; cross-section rules (grid vs distributions, schedule vs epochs, names
-vs the model) run last, on what parsed. See ``raysweep.space`` for the format.
+reports everything; the rules across sections (raysweep.space.checks) run last, on what
+parsed. The format is described in raysweep.space.read.
 """
 from __future__ import annotations
 
-import logging
-import math
 import typing
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import pruners
-from raysweep.space_allocation import (
+from raysweep.space.allocation import parse_allocation
+from raysweep.space.checks import epoch_problems, grid_problems, model_problems, searched_values
+from raysweep.space.schema import (
     ALLOCATION_KEY,
-    Allocation,
-    check_allocation,
-    parse_allocation,
-    searched,
-)
-from raysweep.space_validate import (
+    DENSE_TRAIN,
+    EXECUTORS,
     MODES,
     OBJECTIVES,
     SAMPLERS,
     SCHEDULERS,
     SEARCHES,
+    SPACE_KEYS,
+    Allocation,
     Asha,
-    Check,
-    a_bool,
-    Dist,
     Point,
-    Problems,
     Resources,
+    raw_defaults,
+    representative,
+)
+from raysweep.space.values import (
+    Check,
+    Problems,
+    a_bool,
     a_string,
     any_int,
-    build_model,
-    candidates,
     cast_like,
     check_keys,
-    check_targets,
     int_at_least,
     join,
     number_above,
@@ -47,13 +45,9 @@ from raysweep.space_validate import (
     optional_string,
     parse_param,
     parse_schedule_params,
-    representative,
-    schedule_final_epoch,
     suggest,
     target_check,
 )
-
-log = logging.getLogger("raysweep.space")
 
 SCALAR_CHECKS: dict[str, Check] = {
     "name": a_string,
@@ -70,6 +64,7 @@ SCALAR_CHECKS: dict[str, Check] = {
     "scheduler": one_of("scheduler", SCHEDULERS),
     "measure_latency": a_bool,
 }
+
 HPARAM_CHECKS: dict[str, Check] = {
     "epochs": int_at_least(1),
     "lr": number_above(0.0),
@@ -77,28 +72,19 @@ HPARAM_CHECKS: dict[str, Check] = {
     "wd": number_above(0.0, inclusive=True),
     "nm_permute": a_bool,
 }
-SPACE_KEYS: tuple[str, ...] = (
-    *SCALAR_CHECKS.keys(), "asha", "objectives", "resources", *HPARAM_CHECKS.keys(),
-    "methods", "ratios", "schedules", "points",
-)  # fmt: skip
+
+# Every key of SPACE_KEYS is a scalar, a hyper-parameter or one of these sections (tested).
+SECTIONS = ("asha", "objectives", "resources", "methods", "ratios", "schedules", "points")
 RESOURCE_CHECKS: dict[str, Check] = {
     "workers_per_trial": int_at_least(1),
     "cpus_per_worker": number_above(0.0),
     "gpus_per_worker": number_above(0.0, inclusive=True),
+    "executor": one_of("executor", EXECUTORS),
 }
 ASHA_CHECKS: dict[str, Check] = {"grace_period": int_at_least(1), "reduction_factor": number_above(1.0)}
+
 POINT_KEYS = ("method", "config_file", "ratios", "allocation", "schedule", "schedule_params", "label", *HPARAM_CHECKS)
 
-# What a space that leaves a key out gets (the same values as SearchSpace's defaults).
-RAW_DEFAULTS: dict[str, Any] = {
-    "name": "space", "model": "digits_cnn", "dataset": "digits", "data_root": None, "dense": "train",
-    "dense_epochs": 20, "dense_lr": 0.05, "trials": 20, "search": "optuna", "sampler": "nsga2",
-    "seed": 0, "scheduler": "fifo", "asha": {}, "objectives": {"accuracy": "max", "sparsity": "max"},
-    "resources": {}, "epochs": 4, "lr": 0.01, "batch_size": 128, "wd": 5e-4, "nm_permute": False,
-    "measure_latency": False,
-    "methods": {}, "ratios": {}, "schedules": {"oneshot": {}}, "points": [],
-}  # fmt: skip
-DENSE_TRAIN = "train"
 
 
 def _mapping(raw: Any, where: str, problems: Problems) -> Mapping:
@@ -246,92 +232,17 @@ def parse_point(i: int, raw: Any, space: Mapping[str, Any], problems: Problems) 
     return Point(method, targets, schedule, {**defaults, **given}, hparams, str(label), config_file, allocation)
 
 
-def _grid_problems(out: Mapping[str, Any], problems: Problems) -> None:
-    """Grid search enumerates choices; anything continuous cannot be a grid axis."""
-    found = [f"{v.kind} at {where}" for where, v in _searched(out) if v.kind != "choice"]
-    if found:
-        problems.add("search", "grid takes only {choice: [...]} distributions; found " + ", ".join(found))
-        return
-    # Tune crosses every axis, including the choices of methods/schedules a trial does not use.
-    size = lambda entries: math.prod(len(candidates(v)) for v in entries.values() if v is not None)  # noqa: E731
-    allocations = out.get("allocations", {})
-    methods = {m: {**t, **(allocations[m].params() if m in allocations else {})} for m, t in out.get("methods", {}).items()}
-    schedules = out.get("schedules", {})
-    shared = math.prod(len(candidates(out[h])) for h in HPARAM_CHECKS if out.get(h) is not None)
-    wanted = shared * sum(map(size, methods.values())) * sum(map(size, schedules.values()))
-    total = shared * max(len(methods), 1) * max(len(schedules), 1) * math.prod(map(size, [*methods.values(), *schedules.values()]))
-    if total > wanted:
-        log.warning("grid: Tune will run %d trials for %d distinct configurations (choices of the methods and "
-                    "schedules a trial does not use multiply the grid); grid one method per space to avoid it", total, wanted)
-
-
-def _searched(out: Mapping[str, Any]) -> list[tuple[str, Dist]]:
-    found = [(k, out[k]) for k in HPARAM_CHECKS if isinstance(out.get(k), Dist)]
-    for section in ("methods", "schedules"):
-        for name, entries in out.get(section, {}).items():
-            found += [(f"{section}.{name}.{k}", v) for k, v in entries.items() if isinstance(v, Dist)]
-    for name, alloc in out.get("allocations", {}).items():
-        found += searched(f"methods.{name}", alloc)
-    return found
-
-
-def _epoch_problems(out: Mapping[str, Any], problems: Problems) -> None:
-    """A schedule must reach its final sparsity before the last epoch, or no epoch can count."""
-    epochs = out.get("epochs")
-    fewest = min(int(c) for c in candidates(epochs)) if epochs is not None else None
-    latest_final = 0
-    for name, params in out.get("schedules", {}).items():
-        final = schedule_final_epoch(name, params, join("schedules", name), problems)
-        latest_final = max(latest_final, final or 0)
-        if final is not None and fewest is not None and final >= fewest:
-            problems.add(join("schedules", name), f"reaches final sparsity at epoch {final} but a trial may train only {fewest} epochs (epochs)")
-    for i, point in enumerate(out.get("points", [])):
-        if point is None:
-            continue
-        final = schedule_final_epoch(point.schedule, point.schedule_params, f"points[{i}].schedule_params", problems)
-        point_epochs = point.hparams.get("epochs") or representative(epochs)
-        if final is not None and point_epochs and final >= int(point_epochs):
-            problems.add(f"points[{i}]", f"schedule {point.schedule} reaches final sparsity at epoch {final} but the point trains {point_epochs} epochs")
-    asha = out.get("asha")
-    if out.get("scheduler") == "asha" and asha and asha.grace_period <= latest_final:
-        log.warning("ASHA may stop trials at epoch %d, before a schedule reaches final sparsity (epoch %d)", asha.grace_period, latest_final)
-
-
-def _model_problems(out: Mapping[str, Any], problems: Problems) -> None:
-    from raysweep.data import list_datasets
-    from raysweep.models import resolve_model_name
-
-    dataset, model_name = out.get("dataset"), out.get("model")
-    if dataset is not None and dataset not in list_datasets():
-        problems.add("dataset", f"unknown dataset {dataset!r}{suggest(dataset, list_datasets())}")
-        return
-    if model_name is None:
-        return
-    try:
-        resolve_model_name(model_name, dataset)
-        model = build_model(model_name, dataset)
-    except ValueError as err:
-        problems.add("model", str(err))
-        return
-    for method, targets in out.get("methods", {}).items():
-        check_targets(model, method, targets, join("methods", method), problems)
-        if method in out.get("allocations", {}):
-            check_allocation(model, out["allocations"][method], targets, f"methods.{method}.allocation", problems)
-    for i, point in enumerate(out.get("points", [])):
-        if point is not None:
-            check_targets(model, point.method, point.targets, f"points[{i}].ratios", problems)
-            if point.allocation is not None:
-                check_allocation(model, point.allocation, point.targets, f"points[{i}].allocation", problems)
-
-
 def parse_space(raw: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
     """``SearchSpace`` keyword arguments from ``raw`` (defaults filled in); problems recorded."""
     check_keys(raw, SPACE_KEYS, "", problems)
-    values = {**RAW_DEFAULTS, **{k: v for k, v in raw.items() if k in SPACE_KEYS}}
+    values = {**raw_defaults(), **{k: v for k, v in raw.items() if k in SPACE_KEYS}}
     out: dict[str, Any] = {k: parse_param(values[k], k, c, problems, fixed=True) for k, c in SCALAR_CHECKS.items()}
     out.update({k: parse_param(values[k], k, c, problems) for k, c in HPARAM_CHECKS.items()})
     out["resources"] = _section(values["resources"], "resources", Resources, RESOURCE_CHECKS, problems)
     out["asha"] = _section(values["asha"], "asha", Asha, ASHA_CHECKS, problems)
+    if out["resources"].executor == "inprocess" and out["resources"].workers_per_trial > 1:
+        problems.add("resources.executor", f"inprocess trains one rank in the trial's own process, but workers_per_trial "
+                     f"is {out['resources'].workers_per_trial}: use pool or trainer (or auto)")  # fmt: skip
     out["objectives"] = parse_objectives(values["objectives"], problems)
     out["methods"], out["allocations"] = parse_methods(values["methods"], values["ratios"], problems)
     out["schedules"] = parse_schedules(values["schedules"], problems)
@@ -347,11 +258,11 @@ def parse_space(raw: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
     if out["trials"] == 0 and not raw_points:
         problems.add("trials", "nothing to run: trials is 0 and there are no points")
     if out["search"] == "grid":
-        _grid_problems(out, problems)
-    elif out["trials"] and out["methods"] and len(out["methods"]) < 2 and len(out["schedules"]) < 2 and not _searched(out):
+        grid_problems(out, problems)
+    elif out["trials"] and out["methods"] and len(out["methods"]) < 2 and len(out["schedules"]) < 2 and not searched_values(out):
         # Optuna (random or not) has no dimension to sample: every "searched" trial would be the same.
         problems.add("trials", f"{out['trials']} searched trials but nothing to search (one method, one schedule, "
                      "no distribution): set trials: 0 to run only the points, or give a distribution")
-    _epoch_problems(out, problems)
-    _model_problems(out, problems)
+    epoch_problems(out, problems)
+    model_problems(out, problems)
     return out

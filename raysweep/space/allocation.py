@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 import pruners
@@ -34,66 +33,13 @@ from pruners.allocation import (
     get_family,
 )
 from pruners.selection import count_for_ratio
-from raysweep.space_validate import (
-    Dist,
-    Param,
-    Problems,
-    candidates,
-    check_keys,
-    governing_keys,
-    join,
-    one_of,
-    parse_param,
-    representative,
-)
+from raysweep.space.schema import Allocation, Dist, Param, candidates
+from raysweep.space.targets import governing_keys
+from raysweep.space.values import Problems, check_keys, join, one_of, parse_param
 
 log = logging.getLogger("raysweep.space")
 
-ALLOCATION_KEY = "allocation"  # the key inside a method's targets (no parameter is called that)
 FIELDS = ("family", "target", "perturb", "mode", "table")
-_PERTURB = "perturb/"
-
-
-@dataclass
-class Allocation:
-    """A parsed allocation section: values or distributions, plus the sensitivity table read once."""
-
-    family: Param
-    target: Param
-    perturb: dict[str, Param] = field(default_factory=dict)
-    mode: str = "add"
-    table: str | None = None  # absolute path of a sensitivity.csv
-    table_data: dict | None = field(default=None, repr=False)  # SensitivityTable.to_dict()
-
-    def params(self) -> dict[str, Param]:
-        """The searchable values, keyed as in a trial's config below ``<method>/allocation/``."""
-        return {"family": self.family, "target": self.target, **{_PERTURB + k: v for k, v in self.perturb.items()}}
-
-    def to_tune(self, domain) -> dict[str, Any]:
-        out: dict[str, Any] = {"family": domain(self.family), "target": domain(self.target)}
-        if self.perturb:
-            out["perturb"] = {k: domain(v) for k, v in self.perturb.items()}
-        return out
-
-    def to_yaml(self) -> dict[str, Any]:
-        out = {"family": self.family, "target": self.target, "perturb": dict(self.perturb), "mode": self.mode}
-        return {**out, "table": self.table} if self.table else out
-
-    def spec(self, values: Mapping[str, Any]) -> dict[str, Any]:
-        """The run-time spec (``pruners.allocation.resolve_allocation``) from a trial's values (see ``params``)."""
-        family = get_family(values["family"]).name
-        spec = {
-            "family": family,
-            "target": float(values["target"]),
-            "perturb": {k: float(values[_PERTURB + k]) for k in self.perturb},
-            "mode": self.mode,
-        }
-        if FAMILIES[family].needs_table:
-            spec["table"] = self.table_data
-        return spec
-
-    def representative_spec(self) -> dict[str, Any]:
-        return self.spec({k: representative(v) for k, v in self.params().items()})
 
 
 # ------------------------------------------------------------------------- value checks

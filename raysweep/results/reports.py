@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from raysweep.pareto import (
+from raysweep.results.pareto import (
     ObjectivesLike,
     ReferenceLike,
     hypervolume,

@@ -1,9 +1,8 @@
-"""Checking a search-space mapping: every problem is collected, then raised once as ``SpaceError``.
+"""Checking the values of a search space: every problem is collected, then raised once.
 
 A user who typo'd three things wants three lines, not three runs, and wants them before Ray
-starts. The checks know the pruners' rules (ratios in [0, 1], M:N only for ``nm``, which
-layers a method can prune) and check names against the model itself, built once on the meta
-device (shapes without memory). Nothing here imports Ray.
+starts. Each check returns what is wrong with a value (or None); ``parse_param`` runs one on a
+constant or on every candidate of a distribution and records what it finds in ``Problems``.
 """
 from __future__ import annotations
 
@@ -11,127 +10,19 @@ import dataclasses
 import difflib
 import functools
 import itertools
-import logging
-import math
 import numbers
 import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Mapping, Optional, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 import numpy as np
 
 import pruners
-
-if TYPE_CHECKING:
-    from raysweep.space_allocation import Allocation
-
-log = logging.getLogger(__name__)
+from raysweep.space.schema import Dist, Param, candidates
 
 Check = Callable[[Any], Optional[str]]  # value -> what is wrong with it, or None
 
 DIST_ARITY: dict[str, Optional[int]] = {"choice": None, "uniform": 2, "quniform": 3, "loguniform": 2}
-SEARCHES = ("random", "grid", "optuna")
-SAMPLERS = ("nsga2", "tpe")
-SCHEDULERS = ("fifo", "asha")
-OBJECTIVES = {  # name -> natural mode
-    "accuracy": "max", "sparsity": "max", "flops_ratio": "min",
-    # measured on the compacted model after the last epoch (raysweep.latency), CPU
-    "latency_ms_b1": "min", "latency_ms_b64": "min", "speedup": "max",
-}  # fmt: skip
-LATENCY_OBJECTIVES = frozenset({"latency_ms_b1", "latency_ms_b64", "speedup"})
-MODES = ("max", "min")
-# Methods whose skip depends on the target (an M:N spec the layer cannot divide): leaving
-# such a layer dense would silently change the sparsity the trial asked for, so it is an error.
-STRICT_SKIP = frozenset({"nm"})
 MAX_SCHEDULE_COMBOS = 256  # corner combinations of schedule parameters checked
-
-
-class SpaceError(ValueError):
-    """A search space with problems; ``problems`` holds one line per problem."""
-
-    def __init__(self, problems: Sequence[str], source: str = "search space") -> None:
-        self.problems, self.source = list(problems), source
-        n = len(self.problems)
-        lines = "\n".join(f"  - {p}" for p in self.problems)
-        super().__init__(f"invalid {source}: {n} problem{'s' if n != 1 else ''}\n{lines}")
-
-    def __reduce__(self) -> tuple:  # survive pickling (Ray ships exceptions between processes)
-        return (type(self), (self.problems, self.source))
-
-
-@dataclass(frozen=True)
-class Dist:
-    """A searched value: ``{choice: [...]}``, ``{uniform: [lo, hi]}``, ``{quniform: [lo, hi, q]}``
-    or ``{loguniform: [lo, hi]}``."""
-
-    kind: str
-    args: tuple
-
-    def candidates(self) -> list:
-        """The values checks run on: every choice, or the bounds."""
-        return list(self.args) if self.kind == "choice" else list(self.args[:2])
-
-    def representative(self) -> Any:
-        """A deterministic value inside the distribution (fixed points use it)."""
-        reps: dict[str, Callable[..., Any]] = {
-            "choice": lambda *a: a[0],
-            "uniform": lambda lo, hi: (lo + hi) / 2,
-            "quniform": lambda lo, hi, q: round((lo + hi) / 2 / q) * q,
-            "loguniform": lambda lo, hi: math.sqrt(lo * hi),
-        }
-        return reps[self.kind](*self.args)
-
-    def to_tune(self, grid: bool = False) -> Any:
-        """The Ray Tune domain; with ``grid`` a choice becomes ``tune.grid_search``."""
-        from ray import tune
-
-        if grid and self.kind == "choice":
-            return tune.grid_search(list(self.args))
-        makers: dict[str, Callable[..., Any]] = {
-            "choice": lambda *a: tune.choice(list(a)),
-            "uniform": tune.uniform,
-            "quniform": tune.quniform,
-            "loguniform": tune.loguniform,
-        }
-        return makers[self.kind](*self.args)
-
-    def to_yaml(self) -> dict:
-        return {self.kind: list(self.args)}
-
-
-Param = Any  # a constant (int, float, str) or a Dist
-
-
-@dataclass
-class Point:
-    """A fixed configuration run beside the searched trials (e.g. a reference project's ratios)."""
-
-    method: str
-    targets: dict[str, pruners.Target]
-    schedule: str = "oneshot"
-    schedule_params: dict[str, Any] = field(default_factory=dict)
-    hparams: dict[str, Any] = field(default_factory=dict)  # epochs/lr/batch_size/wd set by the point
-    label: str = ""
-    config_file: Optional[Path] = None
-    allocation: Optional[Allocation] = None  # targets are then the fixed layers; the rest is allocated
-
-
-@dataclass
-class Resources:
-    """Ray resources of one trial: ``workers_per_trial`` DDP workers of this size each."""
-
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-
-
-@dataclass
-class Asha:
-    """ASHA's knobs; it stops trials on accuracy with ``time_attr="epoch"``."""
-
-    grace_period: int = 1
-    reduction_factor: float = 2.0
 
 
 class Problems:
@@ -161,6 +52,7 @@ def join(where: str, key: object) -> str:
     return f"{where}.{key}" if where else str(key)
 
 
+# ------------------------------------------------------------------------- value checks
 # ------------------------------------------------------------------------- value checks
 def _is_number(v: Any) -> bool:
     """Python and numpy numbers (Tune samples numpy scalars); bools are not numbers here."""
@@ -211,8 +103,7 @@ def target_check(method: str) -> Check:
 
     def check(v: Any) -> Optional[str]:
         try:
-            t = pruners.validate_target(v)
-            pruners.skip_reason(method, (8, 8), t)  # raises when the kind is wrong for the method
+            pruners.check_target(method, v)
         except ValueError as err:
             return str(err)
         return None
@@ -220,6 +111,7 @@ def target_check(method: str) -> Check:
     return check
 
 
+# ------------------------------------------------------------------------- distributions
 # ------------------------------------------------------------------------- distributions
 def parse_dist(raw: Mapping, where: str, problems: Problems) -> Optional[Dist]:
     if len(raw) != 1:
@@ -271,14 +163,7 @@ def parse_param(raw: Any, where: str, check: Check, problems: Problems, *, fixed
     return raw
 
 
-def candidates(value: Param) -> list:
-    return value.candidates() if isinstance(value, Dist) else [value]
-
-
-def representative(value: Param) -> Any:
-    return value.representative() if isinstance(value, Dist) else value
-
-
+# ------------------------------------------------------------------------- schedules
 # ------------------------------------------------------------------------- schedules
 @functools.lru_cache(maxsize=None)
 def schedule_fields(name: str) -> dict[str, type]:
@@ -338,68 +223,3 @@ def schedule_final_epoch(name: str, params: Mapping[str, Param], where: str, pro
             return None
         latest = max(latest or 0, sched.final_epoch)
     return latest
-
-
-# ------------------------------------------------------------------------- targets vs model
-@functools.lru_cache(maxsize=8)
-def build_model(model: str, dataset: str) -> Any:
-    """The model with default weights on the meta device (only names and shapes are read)."""
-    import torch
-
-    from raysweep.models import create_model
-
-    try:
-        with torch.device("meta"):
-            return create_model(model, dataset=dataset)
-    except (RuntimeError, NotImplementedError):  # a constructor that needs real tensors
-        return create_model(model, dataset=dataset)
-
-
-def _resolve_one(model: Any, key: str) -> tuple[list[str], Optional[str]]:
-    try:
-        return list(pruners.resolve_targets(model, {key: 0.0})), None
-    except ValueError as err:
-        return [], str(err).split("\n", 1)[-1].strip()
-
-
-def governing_keys(model: Any, keys: Sequence[str]) -> dict[str, str]:
-    """Parameter name -> the key whose value it takes (exact names win; later globs win)."""
-    marks = {key: i / (len(keys) + 1) for i, key in enumerate(keys)}
-    by_mark = {mark: key for key, mark in marks.items()}
-    return {name: by_mark[mark] for name, mark in pruners.resolve_targets(model, marks).items()}
-
-
-def check_targets(model: Any, method: str, targets: Mapping[str, Param], where: str, problems: Problems) -> None:
-    """Every key matches a prunable parameter; every layer can take every candidate value."""
-    good = []
-    for key in targets:
-        _, err = _resolve_one(model, key)
-        if err:
-            problems.add(where, err)
-        else:
-            good.append(key)
-    if not good:
-        return
-    shapes = {n: tuple(model.get_parameter(n).shape) for n in pruners.prunable_parameters(model)}
-    skipped: dict[str, list[str]] = {}
-    governed = governing_keys(model, good)
-    for key in sorted(set(good) - set(governed.values())):
-        log.warning("%s: every layer it matches is set by another key, so it has no effect", join(where, key))
-    for name, key in governed.items():
-        value = targets[key]
-        for cand in candidates(value) if value is not None else []:
-            if cand == 0:
-                continue  # a dense layer needs nothing from the method
-            try:
-                reason = pruners.skip_reason(method, shapes[name], cand)
-            except ValueError:
-                continue  # a wrong kind of target: reported by the value check
-            if reason is None:
-                continue
-            is_glob = any(c in key for c in "*?[")
-            if method in STRICT_SKIP or not is_glob:
-                problems.add(join(where, key), f"{cand!r} cannot prune {name} {shapes[name]}: {reason}; set {name!r} to 0.0")
-            else:
-                skipped.setdefault(key, []).append(name)
-    for key, names in skipped.items():
-        log.info("%s: method %s leaves %s dense (it cannot prune them)", join(where, key), method, ", ".join(sorted(set(names))))

@@ -18,6 +18,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from raysweep.speed.program import export_program
+
 __all__ = ["measure_latency", "measure_pair", "trial_latency"]
 
 log = logging.getLogger(__name__)
@@ -132,8 +134,6 @@ def trial_latency(
     example = torch.zeros((2, *input_shape))
     small, report = compact(plain, example, fold_borders=fold_borders)
     if export:
-        from raysweep.export import export_program
-
         small = export_program(small, example).module()
     if dense_model is None:
         dense = plain

@@ -12,7 +12,8 @@ from typing import Any, Optional
 
 import pandas as pd
 
-from raysweep.reports import write_reports
+from raysweep.results.reports import write_reports
+from raysweep.trial.checkpoint import CheckpointFolder
 
 log = logging.getLogger("raysweep.results")
 
@@ -43,9 +44,9 @@ def load_sweep_info(exp_dir: Path) -> dict[str, Any]:
 
 
 def _last_checkpoint(exp_dir: Path, trial_id: str) -> str:
-    """Every trial keeps its checkpoints under ``trials/<id>/`` (raysweep.session)."""
-    found = sorted((exp_dir / "trials" / trial_id).glob("checkpoint_epoch*/checkpoint.pt"))
-    return str(found[-1]) if found else ""
+    """Every trial keeps its checkpoints under ``trials/<id>/`` (raysweep.trial.checkpoint)."""
+    newest = CheckpointFolder(exp_dir / "trials" / trial_id).newest_path()
+    return str(newest) if newest else ""
 
 
 def _error_text(trial) -> str:

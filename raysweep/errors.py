@@ -1,0 +1,12 @@
+"""Errors the entry points turn into one message and an exit code, and the gist of any other."""
+from __future__ import annotations
+
+
+class RunInputError(ValueError):
+    """Bad input found before any Ray work starts; the CLI prints it and exits 2."""
+
+
+def first_line(exc: BaseException, limit: int = 400) -> str:
+    """The gist of an exception: its first line, plus the first detail line when it has one."""
+    text = [ln.strip() for ln in str(exc).strip().splitlines() if ln.strip()]
+    return " ".join(text[:2])[:limit] if text else type(exc).__name__

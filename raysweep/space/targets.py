@@ -1,0 +1,84 @@
+"""Targets against the model: every name or glob matches a prunable parameter, and every layer
+can take every candidate value. The model is built once on the meta device (names and shapes
+without memory)."""
+from __future__ import annotations
+
+import functools
+import logging
+from typing import Any, Mapping, Optional, Sequence
+
+import pruners
+from raysweep.space.schema import Param, candidates
+from raysweep.space.values import Problems, join
+
+log = logging.getLogger("raysweep.space")
+
+# Methods whose skip depends on the target (an M:N spec the layer cannot divide): leaving
+# such a layer dense would silently change the sparsity the trial asked for, so it is an error.
+STRICT_SKIP = frozenset({"nm"})
+
+
+
+# ------------------------------------------------------------------------- targets vs model
+@functools.lru_cache(maxsize=8)
+def build_model(model: str, dataset: str) -> Any:
+    """The model with default weights on the meta device (only names and shapes are read)."""
+    import torch
+
+    from raysweep.models import create_model
+
+    try:
+        with torch.device("meta"):
+            return create_model(model, dataset=dataset)
+    except (RuntimeError, NotImplementedError):  # a constructor that needs real tensors
+        return create_model(model, dataset=dataset)
+
+
+def _resolve_one(model: Any, key: str) -> tuple[list[str], Optional[str]]:
+    try:
+        return list(pruners.resolve_targets(model, {key: 0.0})), None
+    except ValueError as err:
+        return [], str(err).split("\n", 1)[-1].strip()
+
+
+def governing_keys(model: Any, keys: Sequence[str]) -> dict[str, str]:
+    """Parameter name -> the key whose value it takes (exact names win; later globs win)."""
+    marks = {key: i / (len(keys) + 1) for i, key in enumerate(keys)}
+    by_mark = {mark: key for key, mark in marks.items()}
+    return {name: by_mark[mark] for name, mark in pruners.resolve_targets(model, marks).items()}
+
+
+def check_targets(model: Any, method: str, targets: Mapping[str, Param], where: str, problems: Problems) -> None:
+    """Every key matches a prunable parameter; every layer can take every candidate value."""
+    good = []
+    for key in targets:
+        _, err = _resolve_one(model, key)
+        if err:
+            problems.add(where, err)
+        else:
+            good.append(key)
+    if not good:
+        return
+    shapes = {n: tuple(model.get_parameter(n).shape) for n in pruners.prunable_parameters(model)}
+    skipped: dict[str, list[str]] = {}
+    governed = governing_keys(model, good)
+    for key in sorted(set(good) - set(governed.values())):
+        log.warning("%s: every layer it matches is set by another key, so it has no effect", join(where, key))
+    for name, key in governed.items():
+        value = targets[key]
+        for cand in candidates(value) if value is not None else []:
+            if cand == 0:
+                continue  # a dense layer needs nothing from the method
+            try:
+                reason = pruners.skip_reason(method, shapes[name], cand)
+            except ValueError:
+                continue  # a wrong kind of target: reported by the value check
+            if reason is None:
+                continue
+            is_glob = any(c in key for c in "*?[")
+            if method in STRICT_SKIP or not is_glob:
+                problems.add(join(where, key), f"{cand!r} cannot prune {name} {shapes[name]}: {reason}; set {name!r} to 0.0")
+            else:
+                skipped.setdefault(key, []).append(name)
+    for key, names in skipped.items():
+        log.info("%s: method %s leaves %s dense (it cannot prune them)", join(where, key), method, ", ".join(sorted(set(names))))
