@@ -41,6 +41,25 @@ def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> N
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
 
 
+def joins_a_cluster(address: Optional[str] = None) -> bool:
+    """Whether ``init_ray(address)`` would connect to an existing cluster (else: start a local Ray)."""
+    return bool(address or os.environ.get("RAY_ADDRESS"))
+
+
+def local_resources() -> dict[str, float]:
+    """What a local Ray started by ``init_ray()`` has: this machine's CPUs (as Ray counts them,
+    cgroup limits included) and CUDA GPUs. Checks run against it before Ray starts."""
+    try:
+        from ray._private.utils import get_num_cpus
+
+        cpus = float(get_num_cpus())
+    except Exception:  # noqa: BLE001 -- a Ray without that helper: the OS's count
+        cpus = float(len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1)
+    import torch
+
+    return {"CPU": cpus, "GPU": float(torch.cuda.device_count())}
+
+
 def train_log_level() -> str:
     """Ray Train's own log level (RAYSWEEP_TRAIN_LOG_LEVEL, default WARNING)."""
     return os.environ.get("RAYSWEEP_TRAIN_LOG_LEVEL", "WARNING").upper()

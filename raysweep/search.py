@@ -39,11 +39,14 @@ def check_space_inputs(space) -> None:
 
 
 def experiment_name(storage: Path, name: str, resume: bool) -> str:
-    """A new sweep never mixes with an old one: ``name``, ``name-2``, ...; --resume keeps it."""
+    """A new sweep never mixes with an old one: ``name``, ``name-2``, ...; --resume keeps it.
+    A folder that holds no more than a sweep.json is a sweep that never started: its name is free."""
+    from raysweep.results.collect import SWEEP_FILE
+
     if resume:
         return name
     candidate, n = name, 1
-    while (storage / candidate).exists():
+    while (storage / candidate).exists() and any(p.name != SWEEP_FILE for p in (storage / candidate).iterdir()):
         n += 1
         candidate = f"{name}-{n}"
     return candidate
@@ -71,14 +74,13 @@ def main(argv: Optional[list[str]] = None) -> int:
         print(f"{PROG}: error: --resume: no experiment at {storage / name}", file=sys.stderr)
         return 2
 
-    from raysweep.results.collect import build_reports, save_sweep_info
+    from raysweep.results.collect import build_reports
     from raysweep.results.reports import print_front_table
     from raysweep.sweep.driver import run_sweep
 
-    if not args.resume:
-        save_sweep_info(storage / name, {"name": name, "space": str(args.space or "digits"), "overrides": args.overrides or [], "objectives": space.objectives})
+    info = None if args.resume else {"name": name, "space": str(args.space or "digits"), "overrides": args.overrides or [], "objectives": space.objectives}
     try:
-        exp_dir = run_sweep(space, storage, name, resume=args.resume, address=args.address)
+        exp_dir = run_sweep(space, storage, name, resume=args.resume, address=args.address, info=info)
     except (RunInputError, ValueError) as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2

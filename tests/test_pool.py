@@ -24,10 +24,10 @@ def _run(coro):
 
 
 def _sweep_args(tmp_path, dense_digits, name: str, **fields) -> list[str]:
-    """``raysweep.search`` arguments for a digits sweep of 2-worker trials (2 x 0.95 CPUs: one
-    worker group on the 2-CPU test Ray) with ``fields`` set."""
+    """``raysweep.search`` arguments for a digits sweep of 2-worker trials with ``fields`` set.
+    2 x 1 CPU: one worker group exactly fills the 2-CPU test Ray (the trial functions hold no CPU)."""
     fixed = {"dense": str(dense_digits / "final.pt"), "search": "grid", "trials": 1,
-             "resources": {"workers_per_trial": 2, "cpus_per_worker": 0.95}}  # fmt: skip
+             "resources": {"workers_per_trial": 2, "cpus_per_worker": 1.0}}  # fmt: skip
     space = tiny_space(name, **{**fixed, **fields})
     return ["--space", str(write_space(tmp_path, space)), "--storage", str(tmp_path), "-q"]
 
@@ -127,7 +127,7 @@ def test_two_worker_trials_share_one_ddp_group_and_a_failing_one_fails_alone(ray
     assert trials.loc[ok, "status"].tolist() == ["TERMINATED"] * 3
     assert trials.loc[diverged, "status"] == "ERROR"
     assert "FloatingPointError" in trials.loc[diverged, "error"], trials.loc[diverged, "error"]
-    # One slot (2 x 0.95 CPUs on 2): its group serves trial after trial. The failed trial's group
+    # One slot (2 x 1 CPU on 2): its group serves trial after trial. The failed trial's group
     # is replaced, so the three that train split into at most two groups: one served two or more.
     served = sorted(last[t]["slot_trial"] for t in ok)
     assert {last[t]["slot"] for t in ok} == {0} and served[0] == 0 and served[-1] >= 1, served
@@ -178,7 +178,7 @@ def test_the_trainer_executor_gives_each_trial_a_torchtrainer_of_its_own(ray_loc
     from ray.tune import ExperimentAnalysis
 
     args = _sweep_args(tmp_path, dense_digits, "own", epochs=1, lr=0.01, methods={"filter": {"features.*": 0.25}},
-                       resources={"workers_per_trial": 2, "cpus_per_worker": 0.95, "executor": "trainer"})  # fmt: skip
+                       resources={"workers_per_trial": 2, "cpus_per_worker": 1.0, "executor": "trainer"})  # fmt: skip
     assert search.main(args) == 0
     exp = tmp_path / "own"
     trials = pd.read_csv(exp / "trials.csv")
@@ -203,7 +203,7 @@ def test_a_group_that_fails_before_taking_a_trial_fails_the_waiting_trials(ray_l
     from raysweep.config import RunConfig
     from raysweep.sweep.pool import PoolCallback, TrialFailed, WorkerPool, run_pool_trial
 
-    base = RunConfig(workers=2, cpus_per_worker=0.95)
+    base = RunConfig(workers=2, cpus_per_worker=1.0)
     pool = WorkerPool(base, slots=1, exp_dir=tmp_path, budget=10, preload=["raysweep_no_such_module"])
     pool.start()
     try:

@@ -73,3 +73,10 @@ def test_tests_outside_the_ray_lane_cannot_start_ray():
     with pytest.raises(AssertionError, match="not marked ray|despite bad input"):
         ray_env.init_ray()
     assert not ray.is_initialized()
+
+
+def test_workers_beyond_this_machine_fail_before_ray_and_write_nothing(capsys, tmp_path):
+    assert train.main(["--workers", "2", "--cpus_per_worker", "100000", "--epochs", "1", "--output", str(tmp_path / "runs"), "-q"]) == 2
+    err = _err(capsys)
+    assert "--workers 2 x --cpus_per_worker 100000 needs 200000 CPUs; this machine has" in err
+    assert not (tmp_path / "runs").exists()

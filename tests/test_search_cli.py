@@ -42,3 +42,13 @@ def test_resume_without_an_experiment(tmp_path, capsys):
 def test_report_of_a_missing_folder(tmp_path, capsys):
     assert report.main([str(tmp_path / "nope")]) == 2
     assert "nope" in capsys.readouterr().err
+
+
+def test_trials_that_cannot_fit_this_machine_fail_before_ray_and_write_nothing(tmp_path, capsys):
+    storage = tmp_path / "results"
+    args = ["--storage", str(storage), "--name", "big", "--set", "resources.workers_per_trial=2",
+            "--set", "resources.cpus_per_worker=100000"]  # fmt: skip
+    assert search.main(args) == 2
+    err = capsys.readouterr().err
+    assert "one trial needs 2 worker(s) x 100000 CPU = 200000 CPU" in err and "this machine has" in err
+    assert not storage.exists()  # no sweep.json, no folder: the next run takes the name asked for

@@ -455,9 +455,9 @@ def test_every_space_key_has_its_parser():
 
 @pytest.mark.parametrize("resources,executor,tune_cpu,slots", [
     ({}, "inprocess", 1.0, 2),  # one worker: the trial function is the worker
-    ({"workers_per_trial": 2, "cpus_per_worker": 0.95}, "pool", 0.001, 1),
-    ({"workers_per_trial": 2, "cpus_per_worker": 0.5, "executor": "trainer"}, "trainer", 0.001, 1),
-    ({"cpus_per_worker": 0.5, "executor": "pool"}, "pool", 0.001, 3),
+    ({"workers_per_trial": 2, "cpus_per_worker": 1.0}, "pool", 0, 1),  # exactly fills 2 CPUs
+    ({"workers_per_trial": 2, "cpus_per_worker": 0.5, "executor": "trainer"}, "trainer", 0, 2),
+    ({"cpus_per_worker": 0.5, "executor": "pool"}, "pool", 0, 4),
 ])  # fmt: skip
 def test_the_executor_is_decided_once_and_says_what_tune_reserves(resources, executor, tune_cpu, slots):
     """What Ray Tune receives per trial, and how many trials fit a 2-CPU cluster."""

@@ -129,3 +129,15 @@ def test_a_failing_trial_is_reported_and_the_others_finish(resumed_sweep, tmp_pa
     text = (tmp_path / "nan" / "report.md").read_text()
     assert failed["trial_id"] in text
     assert set(pd.read_csv(tmp_path / "nan" / "pareto.csv")["trial_id"]) == {trials.loc[trials["status"] == "TERMINATED", "trial_id"].iloc[0]}
+
+
+def test_a_sweep_that_cannot_fit_the_cluster_fails_before_dense_training(ray_local, tmp_path, capsys):
+    """Connected to a 2-CPU cluster, 3 workers x 1 CPU cannot run: exit 2 right after
+    connecting, no dense model trained, the storage untouched."""
+    storage = tmp_path / "results"
+    address = ray_local.get_runtime_context().gcs_address
+    args = ["--storage", str(storage), "--name", "big", "--address", address,
+            "--set", "resources.workers_per_trial=3", "--set", "resources.cpus_per_worker=1", "-q"]  # fmt: skip
+    assert search.main(args) == 2
+    assert "one trial needs 3 worker(s) x 1 CPU = 3 CPU" in capsys.readouterr().err
+    assert not storage.exists()

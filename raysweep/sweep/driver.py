@@ -17,6 +17,8 @@ from typing import Any, Optional
 
 from raysweep import ray_env
 from raysweep.config import RunConfig
+from raysweep.errors import RunInputError
+from raysweep.results.collect import save_sweep_info
 from raysweep.space import DENSE_TRAIN, LATENCY_OBJECTIVES, SearchSpace, to_tune, trial_run_config
 from raysweep.sweep import pool  # noqa: F401 -- registers the `pool` executor
 from raysweep.sweep.executors import EXECUTORS, Executor, SweepContext, get_executor, max_concurrent_trials
@@ -70,19 +72,28 @@ def planned_trials(space: SearchSpace) -> Optional[int]:
     return None if space.search == "grid" else space.trials + len(space.points)
 
 
-def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = False, address: Optional[str] = None) -> Path:
-    """Run (or resume) the sweep; returns the experiment directory. Inputs must be checked."""
+def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = False, address: Optional[str] = None,
+              info: Optional[dict[str, Any]] = None) -> Path:  # fmt: skip
+    """Run (or resume) the sweep; returns the experiment directory. Inputs must be checked.
+
+    The trials must fit the machine before a local Ray starts, and the cluster right after
+    connecting: a sweep that cannot run trains nothing and writes nothing. ``info`` becomes
+    the experiment's sweep.json once it can run."""
     import ray
 
     ray_env.apply_ray_env_defaults(ray_env.TUNE_ENV_DEFAULTS)
-    ray_env.init_ray(address)
-    storage = storage.expanduser().resolve()
-    weights = dense_weights(space, storage, address)
-    exp_dir = storage / name
-    base = base_run_config(space, weights)
     executor = get_executor(space)
+    if not ray_env.joins_a_cluster(address):
+        fits(executor, ray_env.local_resources(), "this machine")
+    ray_env.init_ray(address)
     # As many trials at once as fit; the pool starts as many worker groups, one per running trial.
-    concurrency = max_concurrent_trials(executor, ray.cluster_resources())
+    concurrency = fits(executor, ray.cluster_resources(), "the Ray cluster")
+    storage = storage.expanduser().resolve()
+    exp_dir = storage / name
+    if info is not None:
+        save_sweep_info(exp_dir, info)
+    weights = dense_weights(space, storage, address)
+    base = base_run_config(space, weights)
     log.info("sweep %s: %s", name, executor.describe(concurrency))
     dispatcher = executor.start(base, concurrency, exp_dir, planned_trials(space))
     try:
@@ -91,6 +102,13 @@ def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = Fa
     finally:
         executor.stop()
     return exp_dir
+
+
+def fits(executor: Executor, resources: dict[str, float], where: str) -> int:
+    try:
+        return max_concurrent_trials(executor, resources, where)
+    except ValueError as exc:
+        raise RunInputError(str(exc)) from None
 
 
 def _tuner(space: SearchSpace, context: SweepContext, executor: Executor, exp_dir: Path, name: str, storage: Path,

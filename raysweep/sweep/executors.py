@@ -21,9 +21,10 @@ from typing import Any, Callable, Optional
 from raysweep.config import RunConfig
 from raysweep.space import Resources, SearchSpace
 
-# A Tune trial function that only hands its trial to Train workers holds this token share of a
-# CPU; the workers reserve the real CPUs/GPUs.
-TRIAL_FUNCTION_CPU = 0.001
+# Tune needs every trial function to hold some resource. One that only hands its trial to Train
+# workers holds this much memory and no CPU, so the workers' CPUs alone decide what fits: two
+# workers x 1 CPU run on a 2-CPU node.
+TRIAL_FUNCTION_MEMORY = 1 << 20  # bytes
 
 
 @dataclass
@@ -47,13 +48,13 @@ class Executor:
 
     def trial_resources(self) -> dict[str, float]:
         """What Tune reserves for the trial function."""
-        return {"CPU": TRIAL_FUNCTION_CPU}
+        return {"CPU": 0, "memory": TRIAL_FUNCTION_MEMORY}
 
     def footprint(self) -> dict[str, float]:
-        """What one running trial holds in all: how many fit at once is counted from this."""
+        """What one running trial holds in all (its workers): how many fit at once is counted from this."""
         r = self.resources
         gpus = {"GPU": r.workers_per_trial * r.gpus_per_worker} if r.gpus_per_worker else {}
-        return {"CPU": r.workers_per_trial * r.cpus_per_worker + TRIAL_FUNCTION_CPU, **gpus}
+        return {"CPU": r.workers_per_trial * r.cpus_per_worker, **gpus}
 
     def start(self, base: RunConfig, slots: int, exp_dir: Path, trials_planned: Optional[int]) -> Any:
         """Driver, before Tune starts; returns what trials need from it (the pool's dispatcher)."""
@@ -132,14 +133,17 @@ class OwnTrainer(Executor):
         build_trainer(cfg, context.trials_dir, trial_id, callbacks=[TuneReportCallback()]).fit()
 
 
-def max_concurrent_trials(executor: Executor, cluster: dict[str, float]) -> int:
-    """As many trials as the cluster holds at once, so no trial waits forever for workers."""
+def max_concurrent_trials(executor: Executor, cluster: dict[str, float], where: str = "the Ray cluster") -> int:
+    """As many trials as ``cluster`` holds at once, so no trial waits forever for workers;
+    a ValueError saying what the fit was computed from when not even one fits."""
     need = executor.footprint()
     fits = min(math.floor(cluster.get(k, 0.0) / v + 1e-9) for k, v in need.items() if v > 0)
     if fits < 1:
         r = executor.resources
+        gpus = f" and {r.workers_per_trial} x {r.gpus_per_worker:g} GPU = {need['GPU']:g} GPU" if "GPU" in need else ""
         raise ValueError(
-            f"one trial needs {r.workers_per_trial} workers x {r.cpus_per_worker} CPU"
-            f"{f' x {r.gpus_per_worker} GPU' if r.gpus_per_worker else ''}; the Ray cluster has {cluster}"
+            f"one trial needs {r.workers_per_trial} worker(s) x {r.cpus_per_worker:g} CPU = {need['CPU']:g} CPU{gpus} "
+            f"(resources.workers_per_trial, cpus_per_worker, gpus_per_worker); {where} has "
+            f"{cluster.get('CPU', 0.0):g} CPU and {cluster.get('GPU', 0.0):g} GPU"
         )
     return fits

@@ -75,19 +75,17 @@ def check_inputs(cfg: RunConfig) -> None:
         raise RunInputError("\n".join(problems))
 
 
-def check_cluster(cfg: RunConfig) -> None:
-    """The run's workers must fit the cluster, or Ray would wait for them forever."""
-    import ray
-
-    res = ray.cluster_resources()
+def check_fits(cfg: RunConfig, resources: dict[str, float], where: str) -> None:
+    """The run's workers must fit ``resources`` (this machine before a local Ray starts, the
+    cluster once connected), or Ray would wait for them forever."""
     need_cpu = cfg.workers * cfg.cpus_per_worker
-    if res.get("CPU", 0) < need_cpu:
+    if resources.get("CPU", 0) + 1e-9 < need_cpu:
         raise RunInputError(
-            f"--workers {cfg.workers} x {cfg.cpus_per_worker} CPU needs {need_cpu:g} CPUs; "
-            f"the Ray cluster has {res.get('CPU', 0):g}"
+            f"--workers {cfg.workers} x --cpus_per_worker {cfg.cpus_per_worker:g} needs {need_cpu:g} CPUs; "
+            f"{where} has {resources.get('CPU', 0):g}"
         )
-    if cfg.use_gpu and res.get("GPU", 0) < cfg.workers:
-        raise RunInputError(f"--workers {cfg.workers} with --use_gpu needs {cfg.workers} GPUs; the cluster has {res.get('GPU', 0):g}")
+    if cfg.use_gpu and resources.get("GPU", 0) < cfg.workers:
+        raise RunInputError(f"--workers {cfg.workers} with --use_gpu needs {cfg.workers} GPUs; {where} has {resources.get('GPU', 0):g}")
 
 
 def build_trainer(
@@ -142,23 +140,33 @@ class RunResult:
 
 
 def fresh_run_dir(cfg: RunConfig) -> RunConfig:
-    """A new run never silently continues an old one: ``name``, ``name-2``, ``name-3``..."""
+    """A new run never silently continues an old one: ``name``, ``name-2``, ``name-3``... An
+    empty folder (a run that never started) is not an old run."""
     base, n = cfg.run_name(), 1
-    while (Path(cfg.output).expanduser().resolve() / cfg.run_name()).exists():
+    while _holds_something(Path(cfg.output).expanduser().resolve() / cfg.run_name()):
         n += 1
         cfg.name = f"{base}-{n}"
     return cfg
 
 
+def _holds_something(path: Path) -> bool:
+    return path.exists() and (not path.is_dir() or any(path.iterdir()))
+
+
 def execute(cfg: RunConfig, *, resume: bool = False, address: Optional[str] = None) -> RunResult:
-    """Run to completion and write the run directory. Inputs must already be checked."""
+    """Run to completion and write the run directory. Inputs must already be checked; the
+    workers are checked against this machine (local Ray) or the cluster before anything is written."""
+    import ray
+
+    if not ray_env.joins_a_cluster(address):
+        check_fits(cfg, ray_env.local_resources(), "this machine")
+    ray_env.init_ray(address)
+    check_fits(cfg, ray.cluster_resources(), "the Ray cluster")
     if not resume:
         cfg = fresh_run_dir(cfg)
     run_dir = cfg.run_dir()
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg.save(run_dir / "config.json")
-    ray_env.init_ray(address)
-    check_cluster(cfg)
     started = time.time()
     trainer = build_trainer(cfg, str(run_dir.parent), run_dir.name, run_dir=str(run_dir))
     result = trainer.fit()
