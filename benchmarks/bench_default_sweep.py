@@ -1,6 +1,6 @@
 """Time the main job: `python -m raysweep.search` with no arguments (the embedded default).
 
-Target (issue: the sweep): at least 16 trials across all five methods, finished within
+Target: at least 16 trials across all five methods, finished within
 10 minutes on a 2-core machine. Prints wall time, trial counts per method and status, and
 the per-trial fixed overhead (wall_s - train_s).
 
