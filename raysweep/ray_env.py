@@ -16,8 +16,10 @@ RAY_ENV_DEFAULTS = {
 }
 # Ray Tune settings for a sweep, defaults in the same way.
 TUNE_ENV_DEFAULTS = {
-    # Tune's newer console output ignores custom reporters; ours shows the columns that matter.
+    # The sweep draws its own progress view (raysweep.sweep.progress); Tune's stays quiet.
     "RAY_AIR_NEW_OUTPUT": "0",
+    # A failed trial is one line of the progress view, its traceback in the trial's error file.
+    "TUNE_PRINT_ALL_TRIAL_ERRORS": "0",
 }
 
 
@@ -26,19 +28,49 @@ def apply_ray_env_defaults(defaults: Optional[dict[str, str]] = None) -> None:
         os.environ.setdefault(key, value)
 
 
-def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None) -> None:
-    """Start (or join) Ray with the dashboard on loopback; token auth stays as Ray sets it."""
+def init_ray(address: Optional[str] = None, num_cpus: Optional[int] = None, log_to_driver: bool = True) -> None:
+    """Start (or join) Ray with the dashboard on loopback; token auth stays as Ray sets it.
+
+    ``log_to_driver=False`` keeps the workers' lines off this console (a sweep's trials log to
+    their folders). An address where no cluster answers within ``RAYSWEEP_CONNECT_TIMEOUT_S``
+    (default 20) is a ``RunInputError`` instead of Ray's minutes of retries."""
     import ray
 
     apply_ray_env_defaults()
     if ray.is_initialized():
         return
     address = address or os.environ.get("RAY_ADDRESS")
-    kwargs: dict[str, Any] = {"log_to_driver": True, "configure_logging": False}
+    kwargs: dict[str, Any] = {"log_to_driver": log_to_driver, "configure_logging": False}
     if address:
+        wait_for_cluster(address, float(os.environ.get("RAYSWEEP_CONNECT_TIMEOUT_S", "20")))
         ray.init(address=address, **kwargs)
     else:
         ray.init(num_cpus=num_cpus, include_dashboard=True, dashboard_host="127.0.0.1", **kwargs)
+
+
+def wait_for_cluster(address: str, timeout_s: float) -> None:
+    """A TCP connection to the cluster's ``host:port`` (GCS or Ray Client) within ``timeout_s``."""
+    import socket
+    import time
+
+    from raysweep.errors import RunInputError
+
+    target = address.split("://", 1)[-1]
+    host, sep, port = target.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        return  # "auto", "local": Ray finds the cluster itself
+    deadline, last = time.monotonic() + timeout_s, None
+    while True:
+        try:
+            with socket.create_connection((host, int(port)), timeout=max(1.0, min(5.0, timeout_s))):
+                return
+        except OSError as exc:
+            last = exc
+        if time.monotonic() >= deadline:
+            raise RunInputError(f"no Ray cluster answers at {address} (tried for {timeout_s:g} s: {last}); "
+                                "start it (ray start --head) or fix --address / RAY_ADDRESS "
+                                "(RAYSWEEP_CONNECT_TIMEOUT_S sets how long to wait)")  # fmt: skip
+        time.sleep(1.0)
 
 
 def joins_a_cluster(address: Optional[str] = None) -> bool:

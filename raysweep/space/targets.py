@@ -48,6 +48,29 @@ def governing_keys(model: Any, keys: Sequence[str]) -> dict[str, str]:
     return {name: by_mark[mark] for name, mark in pruners.resolve_targets(model, marks).items()}
 
 
+# Methods whose group on a Linear layer is a whole output row: on the output layer, a class.
+CLASS_REMOVING = frozenset({"filter", "stripe"})
+
+
+def output_parameter(model: Any) -> Optional[str]:
+    """The weight of the model's last Linear layer, whose rows are the classes."""
+    import torch.nn as nn
+
+    linears = [name for name, m in model.named_modules() if isinstance(m, nn.Linear)]
+    return f"{linears[-1]}.weight" if linears else None
+
+
+def warn_if_classes_go(model: Any, method: str, targets: Mapping[str, Any], where: str) -> None:
+    """``filter``/``stripe`` on the output layer remove whole classes (a ratio 0.5 on digits
+    leaves 5 of 10 classes that can never be predicted): legal, and almost never meant."""
+    name = output_parameter(model)
+    values = [c for c in candidates(targets.get(name)) if c not in (None, 0, 0.0)] if name in targets else []
+    if method in CLASS_REMOVING and values:
+        rows = model.get_parameter(name).shape[0]
+        log.warning("%s: %s on %s (the output layer, %d classes) removes whole classes at %s; set %r to 0.0 to keep them",
+                    where, method, name, rows, ", ".join(map(str, values)), name)  # fmt: skip
+
+
 def check_targets(model: Any, method: str, targets: Mapping[str, Param], where: str, problems: Problems) -> None:
     """Every key matches a prunable parameter; every layer can take every candidate value."""
     good = []
@@ -82,3 +105,4 @@ def check_targets(model: Any, method: str, targets: Mapping[str, Param], where: 
                 skipped.setdefault(key, []).append(name)
     for key, names in skipped.items():
         log.info("%s: method %s leaves %s dense (it cannot prune them)", join(where, key), method, ", ".join(sorted(set(names))))
+    warn_if_classes_go(model, method, {name: targets[key] for name, key in governed.items()}, where)

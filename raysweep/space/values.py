@@ -10,6 +10,7 @@ import dataclasses
 import difflib
 import functools
 import itertools
+import math
 import numbers
 import typing
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -55,8 +56,9 @@ def join(where: str, key: object) -> str:
 # ------------------------------------------------------------------------- value checks
 # ------------------------------------------------------------------------- value checks
 def _is_number(v: Any) -> bool:
-    """Python and numpy numbers (Tune samples numpy scalars); bools are not numbers here."""
-    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_))
+    """Finite Python and numpy numbers (Tune samples numpy scalars); bools, inf and nan are not
+    numbers here (``lr: .inf`` would only fail inside every trial)."""
+    return isinstance(v, numbers.Real) and not isinstance(v, (bool, np.bool_)) and math.isfinite(v)
 
 
 def int_at_least(minimum: int) -> Check:

@@ -23,7 +23,7 @@ from raysweep.errors import first_line
 from raysweep.speed.latency import measure_pair
 from raysweep.speed.program import load_exported, save_model
 from raysweep.speed.semi_structured import semi_structured_check
-from raysweep.trial.checkpoint import CheckpointError, read_weights
+from raysweep.trial.checkpoint import CheckpointError, CheckpointFolder, read_weights
 
 log = logging.getLogger("raysweep.export")
 
@@ -46,15 +46,14 @@ def _head_classes(model: nn.Module, state: dict[str, Any]) -> int | None:
 def load_checkpoint(path: str | Path, model: str | None = None, dataset: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
     """The masked model of a raysweep checkpoint, and ``{"model", "dataset", "input_size", "path"}``.
 
-    ``path`` is a checkpoint file or a run directory (its ``final.pt``). The model name and
-    dataset come from ``model``/``dataset`` if given, else the checkpoint's config, else the
-    ``config.json`` beside it. Every problem is an ``ExportInputError``.
+    ``path`` is a checkpoint file, a run directory (its ``final.pt``) or a sweep trial's folder
+    (``<sweep>/trials/<id>``: its newest checkpoint). The model name and dataset come from
+    ``model``/``dataset`` if given, else the checkpoint's config, else the ``config.json``
+    beside it. Every problem is an ``ExportInputError``.
     """
     from raysweep.models import create_model, model_info
 
-    path = Path(path)
-    if path.is_dir():
-        path = path / "final.pt"
+    path = checkpoint_path(Path(path))
     try:
         state, checkpoint = read_weights(path)
     except CheckpointError as exc:
@@ -79,6 +78,19 @@ def load_checkpoint(path: str | Path, model: str | None = None, dataset: str | N
     except (RuntimeError, ValueError, KeyError) as exc:
         raise ExportInputError(f"checkpoint {path} does not fit model {name!r}: {first_line(exc)}") from None
     return net.eval(), {"model": name, "dataset": dataset, "input_size": input_size, "path": str(path)}
+
+
+def checkpoint_path(path: Path) -> Path:
+    """The file behind a run directory (``final.pt``) or a sweep trial's folder (its newest)."""
+    if not path.is_dir():
+        return path
+    if (path / "final.pt").is_file():
+        return path / "final.pt"
+    newest = CheckpointFolder(path).newest_path()
+    if newest is None:
+        raise ExportInputError(f"{path} holds no checkpoint: neither a run directory (final.pt) nor a sweep trial's "
+                               "folder (checkpoint_epochNNNN/)")  # fmt: skip
+    return newest
 
 
 def _nm_targets(model: nn.Module) -> set[str]:

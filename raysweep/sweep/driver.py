@@ -12,29 +12,51 @@ Dense weights trained by the sweep are cached in ``<storage>/dense/`` and shared
 from __future__ import annotations
 
 import logging
+import signal
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
 
 from raysweep import ray_env
 from raysweep.config import RunConfig
-from raysweep.errors import RunInputError
+from raysweep.errors import RunInputError, first_line
 from raysweep.results.collect import save_sweep_info
 from raysweep.space import DENSE_TRAIN, LATENCY_OBJECTIVES, SearchSpace, to_tune, trial_run_config
 from raysweep.sweep import pool  # noqa: F401 -- registers the `pool` executor
-from raysweep.sweep.executors import EXECUTORS, Executor, SweepContext, get_executor, max_concurrent_trials
-from raysweep.sweep.search_algs import build_scheduler, build_search_alg, progress_reporter, trial_dirname
+from raysweep.sweep.executors import EXECUTORS, Executor, SweepContext, get_executor, max_concurrent_trials, trial_folder
+from raysweep.sweep.guard import Interruptions, StorageGuard
+from raysweep.sweep.progress import ProgressView
+from raysweep.sweep.search_algs import build_scheduler, build_search_alg, trial_dirname
+from raysweep.trial.checkpoint import StorageError, record_failure, recorded_failure
 
 log = logging.getLogger("raysweep.sweep")
 
 
+class FailedBefore(RuntimeError):
+    """A resumed trial that had failed on its own: its recorded error, without training again."""
+
+
 def run_trial(config: dict[str, Any], context: SweepContext) -> None:
-    """Tune function trainable: one trial's fine-tune, wherever the sweep's executor trains it."""
+    """Tune function trainable: one trial's fine-tune, wherever the sweep's executor trains it.
+
+    A trial that fails on its own records why in its folder; a resumed sweep (which retries the
+    trials that failed, so that those the storage failed under run again) fails it again at once."""
     import ray.tune
 
     trial_id = ray.tune.get_context().get_trial_id()
+    folder = trial_folder(context, trial_id)
+    before = recorded_failure(folder)
+    if before is not None:
+        raise FailedBefore(before)
     cfg = trial_run_config(context.space, config, context.base)
     cfg.name = trial_id
-    EXECUTORS[context.executor].run(context, cfg, trial_id)
+    try:
+        EXECUTORS[context.executor].run(context, cfg, trial_id)
+    except StorageError:
+        raise
+    except Exception as exc:
+        record_failure(folder, f"{type(exc).__name__}: {first_line(exc)}")
+        raise
 
 
 def base_run_config(space: SearchSpace, weight_file: Optional[str]) -> RunConfig:
@@ -44,6 +66,9 @@ def base_run_config(space: SearchSpace, weight_file: Optional[str]) -> RunConfig
         seed=space.seed, workers=r.workers_per_trial, cpus_per_worker=r.cpus_per_worker,
         use_gpu=bool(r.gpus_per_worker), max_failures=0, print_freq=0,
         measure_latency=space.measure_latency or bool(LATENCY_OBJECTIVES & set(space.objectives)),
+        # A GPU share (0.25: four one-worker trials per GPU) reaches every run, dense training too.
+        gpus_per_worker=r.gpus_per_worker or RunConfig.gpus_per_worker,
+        precision=space.precision, channels_last=space.channels_last, compile=space.compile,
     )
 
 
@@ -72,36 +97,89 @@ def planned_trials(space: SearchSpace) -> Optional[int]:
     return None if space.search == "grid" else space.trials + len(space.points)
 
 
+@dataclass
+class SweepRun:
+    """How a sweep ended: its folder, and what stopped it early, if anything."""
+
+    exp_dir: Path
+    signal_exit: Optional[int] = None  # 130 (SIGINT) / 143 (SIGTERM): stopped with trials unfinished
+    storage_error: Optional[StorageError] = None  # the storage failed under the trials
+
+
 def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = False, address: Optional[str] = None,
-              info: Optional[dict[str, Any]] = None) -> Path:  # fmt: skip
-    """Run (or resume) the sweep; returns the experiment directory. Inputs must be checked.
+              info: Optional[dict[str, Any]] = None, verbose: bool = False) -> SweepRun:  # fmt: skip
+    """Run (or resume) the sweep. Inputs must be checked.
 
     The trials must fit the machine before a local Ray starts, and the cluster right after
     connecting: a sweep that cannot run trains nothing and writes nothing. ``info`` becomes
-    the experiment's sweep.json once it can run."""
+    the experiment's sweep.json once it can run. Ctrl-C, SIGTERM and a failing storage stop it
+    gracefully (raysweep.sweep.guard); ``verbose`` shows the workers' logs on the console."""
     import ray
 
     ray_env.apply_ray_env_defaults(ray_env.TUNE_ENV_DEFAULTS)
     executor = get_executor(space)
     if not ray_env.joins_a_cluster(address):
         fits(executor, ray_env.local_resources(), "this machine")
-    ray_env.init_ray(address)
+    ray_env.init_ray(address, log_to_driver=verbose)
     # As many trials at once as fit; the pool starts as many worker groups, one per running trial.
     concurrency = fits(executor, ray.cluster_resources(), "the Ray cluster")
     storage = storage.expanduser().resolve()
     exp_dir = storage / name
     if info is not None:
         save_sweep_info(exp_dir, info)
-    weights = dense_weights(space, storage, address)
-    base = base_run_config(space, weights)
-    log.info("sweep %s: %s", name, executor.describe(concurrency))
-    dispatcher = executor.start(base, concurrency, exp_dir, planned_trials(space))
-    try:
-        context = SweepContext(space, base, str(exp_dir / "trials"), executor.name, dispatcher)
-        _tuner(space, context, executor, exp_dir, name, storage, resume, concurrency).fit()
-    finally:
-        executor.stop()
-    return exp_dir
+    with Interruptions() as interruptions:
+        weights = dense_weights(space, storage, address)
+        base = base_run_config(space, weights)
+        dispatcher = executor.start(base, concurrency, exp_dir, planned_trials(space))
+        guard = StorageGuard()
+        progress = ProgressView(planned_trials(space), concurrency, header=_header(space, name, exp_dir, executor, concurrency, resume))
+        try:
+            context = SweepContext(space, base, str(exp_dir / "trials"), executor.name, dispatcher)
+            tuner = _tuner(space, context, executor, exp_dir, name, storage, resume, concurrency)
+            _use_callbacks(tuner, [*executor.callbacks(), guard, progress])
+            sigint = _SigintMarker()
+            try:
+                tuner.fit()
+            finally:
+                sigint_seen = sigint.seen()
+        finally:
+            executor.stop()
+    signal_exit = None
+    if progress.unfinished() and not guard.tripped:
+        signal_exit = 143 if interruptions.received == signal.SIGTERM else 130 if sigint_seen else None
+    return SweepRun(exp_dir, signal_exit, guard.error)
+
+
+class _SigintMarker:
+    """Whether Tune caught a Ctrl-C during ``fit``: its handler puts back the one it found (this
+    marker) when a SIGINT comes, and stays installed otherwise."""
+
+    def __init__(self) -> None:
+        self.previous = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._marker)
+
+    @staticmethod
+    def _marker(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    def seen(self) -> bool:
+        seen = signal.getsignal(signal.SIGINT) is self._marker
+        signal.signal(signal.SIGINT, self.previous)
+        return seen
+
+
+def _header(space: SearchSpace, name: str, exp_dir: Path, executor: Executor, concurrency: int, resume: bool) -> str:
+    planned = planned_trials(space)
+    count = "a grid of trials" if planned is None else f"{planned} trials ({len(space.points)} fixed points + {space.trials} searched)"
+    return f"{'resuming' if resume else 'sweep'} {name}: {count}; {executor.describe(concurrency)}; results in {exp_dir}"
+
+
+def _use_callbacks(tuner: Any, callbacks: list) -> None:
+    """This driver's callbacks and console, also on a resume: ``Tuner.restore`` brings back the
+    run config pickled with the experiment (an earlier driver's progress view, its pool's
+    dispatcher name, an older version's progress table)."""
+    run_config = tuner._local_tuner.get_run_config()
+    run_config.callbacks, run_config.verbose, run_config.progress_reporter = callbacks, 0, None
 
 
 def fits(executor: Executor, resources: dict[str, float], where: str) -> int:
@@ -118,12 +196,14 @@ def _tuner(space: SearchSpace, context: SweepContext, executor: Executor, exp_di
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), executor.trial_resources())
     if resume and tune.Tuner.can_restore(str(exp_dir)):
         log.info("resuming %s: finished trials are kept, unfinished ones continue", exp_dir)
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=False)
+        # Failed trials are retried too: those the storage failed under train again, those that
+        # failed on their own fail again at once with their recorded error (run_trial).
+        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
     param_space, points = to_tune(space)
     if points:
         param_space["point"] = -1
     run_config = tune.RunConfig(
-        name=name, storage_path=str(storage), progress_reporter=progress_reporter(space),
+        name=name, storage_path=str(storage), verbose=0,
         failure_config=tune.FailureConfig(max_failures=0), callbacks=executor.callbacks(),
     )  # fmt: skip
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config(space, points, concurrency), run_config=run_config)

@@ -18,6 +18,7 @@ the ranks stop together at the next epoch boundary.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import logging
@@ -35,7 +36,8 @@ from raysweep import ray_env
 from raysweep.config import RunConfig
 from raysweep.sweep.dispatcher import IDLE, IDLE_WAIT_S, MAX_ATTEMPTS, TrialDispatcher
 from raysweep.sweep.executors import Executor, SweepContext, register_executor, trial_folder
-from raysweep.trial.checkpoint import Checkpoint, CheckpointFolder
+from raysweep.trial.checkpoint import Checkpoint, CheckpointFolder, StorageError
+from raysweep.trial.logs import trial_log
 from raysweep.trial.loop import run_loop
 from raysweep.trial.sessions import TrainSession
 
@@ -124,7 +126,8 @@ def serve(config: dict[str, Any]) -> None:
         if job == IDLE:
             continue
         try:
-            run_loop({"run": job["run"], "run_dir": ""}, PoolSession(dispatcher, {**job, "slot": slot}, served))
+            with trial_log(Path(job["checkpoint_dir"])) if rank == 0 else contextlib.nullcontext():
+                run_loop({"run": job["run"], "run_dir": ""}, PoolSession(dispatcher, {**job, "slot": slot}, served))
         except TrialCancelled:
             pass
         except BaseException as exc:
@@ -133,7 +136,8 @@ def serve(config: dict[str, Any]) -> None:
             # trial's: the dispatcher then resumes the trial in the new group.
             if not peer_lost(exc):
                 text = "".join(traceback.format_exception_only(type(exc), exc)).strip()
-                ray.get(dispatcher.post.remote(job["trial_id"], "error", f"rank {rank}: {text}"))
+                error = {"text": f"rank {rank}: {text}", "storage": exc.__reduce__()[1] if isinstance(exc, StorageError) else None}
+                ray.get(dispatcher.post.remote(job["trial_id"], "error", error))
             raise
         else:
             if rank == 0:
@@ -221,11 +225,18 @@ def run_pool_trial(dispatcher, trial_id: str, cfg: RunConfig, checkpoint_dir: st
                 if kind == "result":
                     ray.tune.report(payload)
                 elif kind == "error":
-                    raise TrialFailed(payload)
+                    raise _trial_error(payload)
                 else:  # done, cancelled
                     return
     finally:
         dispatcher.cancel.remote(trial_id)  # a no-op once it ended; stops the slot if Tune stopped us
+
+
+def _trial_error(payload: Any) -> Exception:
+    """The exception a pooled trial ends with: the storage's failure keeps its type."""
+    if isinstance(payload, dict):
+        return StorageError(*payload["storage"]) if payload.get("storage") else TrialFailed(payload["text"])
+    return TrialFailed(payload)  # the dispatcher's own word: a group that failed
 
 
 class PoolCallback(Callback):

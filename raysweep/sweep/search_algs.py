@@ -1,5 +1,5 @@
-"""How a sweep searches: the search algorithm (fixed points first, then Optuna, grid or random),
-the trial scheduler (FIFO, ASHA) and the progress table Tune prints."""
+"""How a sweep searches: the search algorithm (fixed points first, then Optuna, grid or random)
+and the trial scheduler (FIFO, ASHA)."""
 from __future__ import annotations
 
 import copy
@@ -110,14 +110,3 @@ def build_scheduler(space: SearchSpace):
 def trial_dirname(trial) -> str:
     """``<experiment>/<trial_id>/``: Tune's default name spells out the whole config."""
     return trial.trial_id
-
-
-def progress_reporter(space: SearchSpace):
-    from ray.tune import CLIReporter
-
-    columns = {"target_sparsity": "target", "accuracy": "acc", "sparsity": "sparsity", "epoch": "epoch"}
-    columns.update({k: k for k in space.objectives if k not in columns})
-    return CLIReporter(
-        parameter_columns={"method": "method", "schedule": "schedule", "point": "point"},
-        metric_columns=columns, max_report_frequency=15, sort_by_metric=False,
-    )

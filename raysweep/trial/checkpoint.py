@@ -37,6 +37,22 @@ class CheckpointError(ValueError):
     """A file that is not a readable checkpoint or weights file; the message names it and says why."""
 
 
+class StorageError(RuntimeError):
+    """Writing into the sweep's storage failed (read-only, full, gone): the storage's failure, not
+    the trial's. The sweep stops after a few of these instead of failing trial after trial."""
+
+    def __init__(self, path: str, errno: Optional[int], strerror: str) -> None:
+        self.path, self.errno, self.strerror = str(path), errno, strerror
+        super().__init__(f"storage failure: [Errno {errno}] {strerror}: {path}")
+
+    def __reduce__(self) -> tuple:  # survives pickling (Ray ships exceptions between processes)
+        return (type(self), (self.path, self.errno, self.strerror))
+
+    @classmethod
+    def from_os_error(cls, exc: OSError, path: PathLike) -> "StorageError":
+        return cls(str(exc.filename or path), exc.errno, exc.strerror or str(exc))
+
+
 @dataclass
 class Checkpoint:
     """The state after one epoch; ``model`` carries the masks (parametrizations) as buffers."""
@@ -54,6 +70,11 @@ class Checkpoint:
     # The N:M permutation search's result: the weights above are already permuted, so a resumed
     # run keeps them and reports this instead of searching again.
     nm_permute_gain: Optional[float] = None
+    scaler: Optional[dict[str, Any]] = None  # fp16's GradScaler (its loss scale carries on)
+    # The global torch RNGs after this epoch ({"cpu": ..., "cuda": ...}): dropout and other random
+    # ops continue their stream. The data order and augmentation need nothing here: they are
+    # functions of (seed, epoch, rank), and a resumed run starts at epoch + 1.
+    rng: Optional[dict[str, torch.Tensor]] = None
 
     def to_payload(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -149,6 +170,13 @@ class CheckpointFolder:
         return None
 
     def save(self, state: Checkpoint, epoch: int) -> Path:
+        """Write atomically; a failure of the folder itself is a ``StorageError``."""
+        try:
+            return self._save(state, epoch)
+        except OSError as exc:
+            raise StorageError.from_os_error(exc, self.folder) from exc
+
+    def _save(self, state: Checkpoint, epoch: int) -> Path:
         self.folder.mkdir(parents=True, exist_ok=True)
         final = self.folder / f"checkpoint_epoch{epoch:04d}"
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.", dir=self.folder))
@@ -162,3 +190,21 @@ class CheckpointFolder:
         for stale in self.folder.glob(".checkpoint_epoch*"):  # left by a trial killed mid-write
             shutil.rmtree(stale, ignore_errors=True)
         return final
+
+
+FAILURE_FILE = "failed.txt"  # a trial's own failure, kept beside its checkpoints
+
+
+def record_failure(folder: PathLike, text: str) -> None:
+    """Remember that a trial failed on its own (not on the storage), so that a resumed sweep
+    reports that failure again instead of training the trial once more. Best effort."""
+    try:
+        Path(folder).mkdir(parents=True, exist_ok=True)
+        (Path(folder) / FAILURE_FILE).write_text(text + "\n", encoding="utf-8")
+    except OSError as exc:
+        log.warning("could not record the failure in %s: %s", folder, exc)
+
+
+def recorded_failure(folder: PathLike) -> Optional[str]:
+    path = Path(folder) / FAILURE_FILE
+    return path.read_text(encoding="utf-8").strip() if path.is_file() else None
