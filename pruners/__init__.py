@@ -1,4 +1,4 @@
-"""Pure-PyTorch pruning: the five methods, masks as parametrizations, accounting, schedules.
+"""Pure-PyTorch pruning: the six methods, masks as parametrizations, accounting, schedules.
 
 Nothing here imports Ray, so the package is usable on its own::
 
@@ -6,6 +6,7 @@ Nothing here imports Ray, so the package is usable on its own::
     mask = pruners.compute_mask("filter", conv.weight, 0.5)
     pruners.prepare(model, {"block2.6.weight": 0.5}, "filter")   # attach masks
     pruners.step(model, fraction=1.0)                             # recompute masks
+    pruners.prepare(model, {"*": 0.5}, "channel", example_input=torch.zeros(1, 3, 32, 32))
     pruners.squash(model)                                         # plain weights, zeros kept
 """
 from pruners.targets import Target, parse_nm, validate_target
@@ -21,7 +22,7 @@ from pruners.registry import (
 )
 
 # Importing a method module registers its methods; list_methods() follows this order.
-from pruners import structured, patterns  # noqa: F401  isort: skip
+from pruners import structured, patterns, channel_method  # noqa: F401  isort: skip
 from pruners.ratio_config import load_ratio_config, prunable_parameters, resolve_targets
 from pruners.masking import (
     PruneReport,

@@ -67,7 +67,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-ALLOCATION_METHODS = ("irregular", "filter", "stripe")  # methods whose per-layer target is a free ratio
+ALLOCATION_METHODS = ("irregular", "filter", "stripe", "channel")  # methods whose per-layer target is a free ratio
 PERTURB_MODES = ("add", "mul")
 _BISECT_STEPS = 200
 

@@ -186,6 +186,9 @@ def _permute_group(model: nn.Module, group: ChannelGroup, nm: Mapping[str, str],
     if group.fixed_reason is not None:
         report.skipped.update({n: f"input channels are fixed: {group.fixed_reason}" for n in names})
         return names
+    if group.offsets or group.chunks > 1:  # an N:M term covers the whole input dimension
+        report.skipped.update({n: "input channels are one part of a concatenation or of a grouped conv" for n in names})
+        return names
     layers, terms, why = _group_terms(model, group, nm, report.skipped)
     if why is not None:
         report.skipped.update({n: f"group not searched: {why}" for n in layers})

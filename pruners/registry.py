@@ -14,6 +14,7 @@ from typing import Callable, Optional, Union
 
 import torch
 
+from pruners.plan import GraphHooks
 from pruners.targets import Target, require_nm, require_ratio, validate_target
 
 MaskFn = Callable[..., torch.Tensor]
@@ -34,6 +35,12 @@ class Method:
     # library is chosen across the whole model), passed to every mask_fn call as **options.
     model_options: Optional[ModelOptionsFn] = None
     takes: str = "ratio"  # the kind of target: "ratio" (in [0, 1]) or "nm" ("mXnY", or 0.0 = dense)
+    # Masking whole filters empties channels: the bias and per-channel layers after a dead filter
+    # are masked too (pruners.followers), so the channel outputs exactly 0.
+    kills_channels: bool = False
+    # A method that plans and computes the masks of a whole model from its graph; ``mask_fn``
+    # is then what one weight alone gets from ``compute_mask``.
+    graph: Optional[GraphHooks] = None
 
 
 TARGET_KINDS = ("ratio", "nm")
@@ -52,6 +59,8 @@ def register_method(
     skip: SkipFn = _never_skip,
     model_options: Optional[ModelOptionsFn] = None,
     takes: str = "ratio",
+    kills_channels: bool = False,
+    graph: Optional[GraphHooks] = None,
 ) -> Callable[[MaskFn], MaskFn]:
     """Decorator: register ``fn(weight, target, **options) -> BoolTensor`` under ``name``."""
     if takes not in TARGET_KINDS:
@@ -59,7 +68,7 @@ def register_method(
 
     def decorator(fn: MaskFn) -> MaskFn:
         doc = (fn.__doc__ or "").strip()
-        METHODS[name] = Method(name, fn, skip, tuple(aliases), doc, model_options, takes)
+        METHODS[name] = Method(name, fn, skip, tuple(aliases), doc, model_options, takes, kills_channels, graph)
         _ALIASES[name] = name
         for alias in aliases:
             _ALIASES[alias] = name

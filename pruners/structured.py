@@ -51,7 +51,7 @@ def irregular_mask(weight: torch.Tensor, target: Target, **options: object) -> t
 
 
 # --------------------------------------------------------------------------- filter
-@register_method("filter", aliases=("filter_prune",), skip=_ratio_skip("filter"))
+@register_method("filter", aliases=("filter_prune",), skip=_ratio_skip("filter"), kills_channels=True)
 def filter_mask(weight: torch.Tensor, target: Target, **options: object) -> torch.Tensor:
     """Filter pruning (Li et al. 2017): whole output filters (dim 0) with the smallest L1 go.
 
@@ -66,7 +66,7 @@ def filter_mask(weight: torch.Tensor, target: Target, **options: object) -> torc
 
 
 # --------------------------------------------------------------------------- stripe
-@register_method("stripe", aliases=("stripe_prune",), skip=_ratio_skip("stripe"))
+@register_method("stripe", aliases=("stripe_prune",), skip=_ratio_skip("stripe"), kills_channels=True)
 def stripe_mask(weight: torch.Tensor, target: Target, **options: object) -> torch.Tensor:
     """Stripe pruning (Pruning Filter in Filter, Meng et al. 2020), magnitude version.
 

@@ -73,3 +73,18 @@ def require_nm(target: Target) -> Optional[tuple[int, int]]:
         "the only ratio it accepts is 0.0 (dense)"
     )
 
+
+
+def scale_target(target: Target, fraction: float) -> Target:
+    """The target at ``fraction`` of the way to ``target`` (gradual schedules).
+
+    A ratio scales linearly. An ``mXnY`` spec cannot be graded (N:M is all or nothing):
+    ``fraction >= 1`` gives the spec, anything less gives 0.0, i.e. dense.
+    """
+    fraction = float(fraction)
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be in [0, 1], got {fraction}")
+    t = validate_target(target)
+    if isinstance(t, str):
+        return t if fraction >= 1.0 else 0.0
+    return t * fraction

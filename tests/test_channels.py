@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 import pruners
@@ -20,7 +21,13 @@ MODELS = [
     ("mobilenetv2", (3, 32, 32)),
     ("resnet18", (3, 64, 64)),
     ("wrn_16_2", (3, 32, 32)),
+    ("densenet121", (3, 32, 32)),  # concatenations
+    ("regnet_x_400mf", (3, 32, 32)),  # grouped convs
 ]
+
+
+def _build(name: str) -> nn.Module:
+    return getattr(torchvision.models, name)() if name in ("densenet121", "regnet_x_400mf") else create_model(name)
 
 
 
@@ -72,26 +79,59 @@ def test_mobilenetv2_depthwise_conv_is_coupled_to_its_input_and_output():
     assert stream.residual and [p for p, _ in stream.producers] == ["features.2.conv.6", "features.3.conv.6"]
 
 
-def test_unsupported_ops_make_groups_fixed():
-    class Cat(nn.Module):
+def test_concat_lays_groups_side_by_side_and_a_split_hands_back_whole_groups():
+    class CatSplit(nn.Module):
         def __init__(self) -> None:
             super().__init__()
             self.a, self.b = nn.Conv2d(3, 4, 1), nn.Conv2d(3, 5, 1)
+            self.bn = nn.BatchNorm2d(9)
             self.head = nn.Conv2d(9, 2, 1)
+            self.left, self.right = nn.Conv2d(4, 2, 1), nn.Conv2d(5, 2, 1)
 
         def forward(self, x):
-            return self.head(torch.cat([self.a(x), self.b(x)], 1))
+            y = self.bn(torch.cat([self.a(x), self.b(x)], 1))
+            p, q = torch.split(y, [4, 5], dim=1)
+            return self.head(y) + self.left(p) + self.right(q)
 
-    groups = channel_groups(Cat(), torch.randn(1, 3, 4, 4))
-    by_producer = {g.producers[0][0]: g for g in groups if g.producers}
-    assert "cat" in by_producer["a"].fixed_reason and "cat" in by_producer["b"].fixed_reason
-    assert by_producer["head"].fixed_reason == "model output"
+    groups = channel_groups(CatSplit(), torch.randn(1, 3, 4, 4))
+    a = next(g for g in groups if ("a", "weight") in g.producers)
+    b = next(g for g in groups if ("b", "weight") in g.producers)
+    assert a.free and b.free and a.size == 4 and b.size == 5
+    # The BatchNorm and the head read b's channels from position 4 on; the split gives each part back whole.
+    assert ("bn", "weight") in b.followers and b.offset("bn", "weight") == 4 and b.offset("head", "weight") == 4
+    assert a.offset("head", "weight") == 0 and ("left", "weight", 1) in a.consumers and ("right", "weight", 1) in b.consumers
+
+
+def test_a_split_through_a_group_or_a_reshape_fixes_it():
+    class Odd(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.a, self.head = nn.Conv2d(3, 6, 1), nn.Conv2d(3, 2, 1)
+            self.b, self.tail = nn.Conv2d(3, 6, 1), nn.Conv2d(6, 2, 1)
+
+        def forward(self, x):
+            p, _ = self.a(x).chunk(2, dim=1)  # cuts a's six channels in two
+            shuffled = self.b(x).view(1, 2, 3, 4, 4).transpose(1, 2).reshape(1, 6, 4, 4)  # a channel shuffle
+            return self.head(p) + self.tail(shuffled)
+
+    by_producer = {g.producers[0][0]: g for g in channel_groups(Odd(), torch.randn(1, 3, 4, 4)) if g.producers}
+    assert "cuts through" in by_producer["a"].fixed_reason
+    assert "reshape" in by_producer["b"].fixed_reason and by_producer["head"].fixed_reason
+
+
+def test_grouped_convs_split_their_channels_in_equal_parts():
+    model = torchvision.models.regnet_x_400mf()
+    groups = channel_groups(model, torch.randn(1, 3, 64, 64))
+    inner = next(g for g in groups if ("trunk_output.block1.block1-0.f.a.0", "weight") in g.producers)
+    width, conv_groups = 32, 2  # RegNetX-400MF's first stage: 32 channels in groups of 16
+    assert inner.free and inner.size == width and inner.chunks == conv_groups
+    assert ("trunk_output.block1.block1-0.f.b.0", "weight", 1) in inner.consumers
 
 
 @pytest.mark.parametrize("name,shape", MODELS, ids=[m for m, _ in MODELS])
 def test_random_permutation_of_every_free_group_keeps_outputs(name, shape):
     torch.manual_seed(0)
-    model = randomize(create_model(name))
+    model = randomize(_build(name))
     x = torch.randn(2, *shape)
     with torch.no_grad():
         before = model(x)
@@ -99,8 +139,9 @@ def test_random_permutation_of_every_free_group_keeps_outputs(name, shape):
     free = [g for g in groups if g.free]
     assert free
     g = torch.Generator().manual_seed(1)
-    for group in free:
-        index_channels(model, group, torch.randperm(group.size, generator=g))
+    for group in free:  # a grouped conv's parts stay in place: channels move within each part
+        per = group.size // group.chunks
+        index_channels(model, group, torch.cat([q * per + torch.randperm(per, generator=g) for q in range(group.chunks)]))
     with torch.no_grad():
         after = model(x)
     assert (after - before).abs().max().item() <= 1e-5 * max(1.0, before.abs().max().item())

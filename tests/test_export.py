@@ -9,9 +9,11 @@ import textwrap
 import pytest
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 import pruners
 from pruners.compact import BiasMapConv2d, compact, squashed_copy
+from pruners.masking import WeightMask
 from raysweep import export
 from raysweep.speed.export import load_checkpoint
 from raysweep.speed.program import load_exported, save_model
@@ -32,6 +34,22 @@ def masked(name: str, targets: dict, method: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     model = randomize(create_model(name), seed)
     pruners.prepare(model, targets, method)
+    return model.eval()
+
+
+def legacy_masked(name: str, targets: dict, method: str, seed: int = 0) -> nn.Module:
+    """Masks as checkpoints saved them before biases and BatchNorms were masked: the weights' own only,
+    so a dead filter still passes its bias through BatchNorm as a constant."""
+    new = masked(name, targets, method, seed)
+    torch.manual_seed(seed)
+    model = randomize(create_model(name), seed)
+    for full, wm in pruners.masked_parameters(new).items():
+        if wm.method:
+            mod_name, _, tensor = full.rpartition(".")
+            module = model.get_submodule(mod_name)
+            with torch.no_grad():
+                getattr(module, tensor).mul_(wm.mask)
+            parametrize.register_parametrization(module, tensor, WeightMask(wm.mask, wm.method, wm.target))
     return model.eval()
 
 
@@ -64,9 +82,21 @@ def test_compact_is_exact_and_smaller(name, shape, targets, method):
     assert not pruners.is_masked(small)
 
 
+def test_filter_masks_make_every_dead_channel_removable_at_any_size():
+    """The bias and BatchNorm after a dead filter are masked too: its channel is exactly 0, so it goes
+    with no fold, no bias map, and the result is exact at other input sizes as well."""
+    model = masked("resnet20", {"*conv*": 0.5, "*downsample*": 0.5, "conv1.weight": 0.5}, "filter")
+    small, report = compact(model, torch.randn(1, 3, 32, 32))
+    assert report.kept_dead == {} and report.channels_removed == report.channels_dead > 0
+    assert report.bias_maps == [] and report.biases_added == []
+    for shape in ((3, 32, 32), (3, 40, 40)):
+        assert max_diff(small, model, shape) <= TOL
+
+
 def test_padded_consumers_keep_channels_whose_constant_is_not_zero():
-    """Random BN makes dead channels non-zero constants; a padded 3x3 consumer cannot absorb those."""
-    model = masked("digits_cnn", {"features.*": 0.5}, "filter")
+    """Old masks (weights only) with random BN make dead channels non-zero constants; a padded 3x3
+    consumer cannot absorb those."""
+    model = legacy_masked("digits_cnn", {"features.*": 0.5}, "filter")
     _, report = compact(model, torch.randn(1, 1, 8, 8))
     reasons = set(report.kept_dead)
     assert reasons == {
@@ -80,13 +110,13 @@ def test_padded_consumers_keep_channels_whose_constant_is_not_zero():
 
 
 def test_fold_borders_removes_every_dead_channel_with_bias_maps(tmp_path, capsys):
-    model = masked("digits_cnn", {"features.*": 0.5}, "filter")
+    model = legacy_masked("digits_cnn", {"features.*": 0.5}, "filter")
     small, report = compact(model, torch.randn(1, 1, 8, 8), fold_borders=True)
     assert report.kept_dead == {} and report.channels_removed == report.channels_dead == 56
     assert report.bias_maps == ["features.3", "features.7"]
     assert isinstance(small.features[3], BiasMapConv2d) and small.features[3].bias_map.shape == (16, 8, 8)
     assert max_diff(small, model, (1, 8, 8)) <= TOL
-    ckpt, model = _checkpoint(tmp_path, {"features.*": 0.5}, "filter")
+    ckpt, model = _checkpoint(tmp_path, {"features.*": 0.5}, "filter", legacy=True)
     out = tmp_path / "fb.pt2"
     assert export.main([str(ckpt), "--out", str(out), "--fold-borders", "-q"]) == 0
     assert "per-position bias map" in capsys.readouterr().out
@@ -112,6 +142,14 @@ def test_constants_fold_into_bn_running_mean_or_a_new_bias():
         model.b0.bias.fill_(1.0)  # every dead channel of c0 is a positive constant after ReLU
         model.b1.bias.fill_(1.0)
     pruners.prepare(model, {"c0.weight": 0.5, "c1.weight": 0.5}, "filter")
+    for name, wm in pruners.masked_parameters(model).items():  # old masks: the weights' own only
+        if not wm.method:
+            mod_name, _, tensor = name.rpartition(".")
+            parametrize.remove_parametrizations(model.get_submodule(mod_name), tensor, leave_parametrized=False)
+    with torch.no_grad():  # removing a mask gives back the hard-pruned original: dense values again
+        model.b0.bias.fill_(1.0)
+        model.b1.bias.fill_(1.0)
+        model.c0.bias.copy_(torch.linspace(-1, 1, 8))
     mean_before = model.b1.running_mean.clone()
     live_c1 = pruners.masked_parameters(model)["c1.weight"].mask.flatten(1).any(1)
     small, report = compact(model, torch.randn(1, 3, 6, 6))
@@ -153,9 +191,9 @@ def test_filter_pruned_parameter_count_matches_structure_and_accounting():
     assert pruners.sparsity_report(model)["params_remaining"] - extra == expected
 
 
-def _checkpoint(tmp_path, targets, method, name="run"):
+def _checkpoint(tmp_path, targets, method, name="run", legacy=False):
     """A run directory as raysweep.prune writes it: final.pt (payload with config) and config.json."""
-    model = masked("digits_cnn", targets, method)
+    model = (legacy_masked if legacy else masked)("digits_cnn", targets, method)
     run = tmp_path / name
     run.mkdir()
     cfg = RunConfig(method=method, targets=targets)

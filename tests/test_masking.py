@@ -224,10 +224,13 @@ def test_checkpoint_round_trip(tmp_path: Path):
     load_masked_state_dict(fresh, torch.load(path, weights_only=True))
     loaded = masked_parameters(fresh)
     assert list(loaded) == list(masks)
+    # The targets carry stripe masks; the biases and BatchNorms after them carry derived ones.
+    assert {n for n, wm in masks.items() if wm.method == "stripe"} == {"block0.0.weight", "block0.3.weight", "classifier.weight"}
     for name, wm in masks.items():
         assert torch.equal(loaded[name].mask, wm.mask)
         assert bool(loaded[name].enforced) == bool(wm.enforced)
-        assert loaded[name].method == "stripe" and loaded[name].target == wm.target
+        assert (loaded[name].method, loaded[name].target) == (wm.method, wm.target)
+        assert (loaded[name].follows, loaded[name].reads) == (wm.follows, wm.reads)
     x = torch.randn(2, 3, 6, 6)
     model.eval(), fresh.eval()
     assert torch.equal(model(x), fresh(x))
@@ -286,3 +289,79 @@ def test_ddp_wrapped_model_steps_and_saves(tmp_path: Path):
         assert torch.equal(model(x), fresh(x))
     finally:
         dist.destroy_process_group()
+
+
+class OneByOne(nn.Module):
+    """conv 3x3 -> BN -> ReLU -> conv 1x1 (bias) -> BN -> ReLU -> linear."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.c0, self.b0 = nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8)
+        self.c1, self.b1 = nn.Conv2d(8, 6, 1), nn.BatchNorm2d(6)
+        self.fc = nn.Linear(6, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.relu(self.b1(self.c1(torch.relu(self.b0(self.c0(x))))))
+        return self.fc(y.mean((2, 3)))
+
+
+def _randomized(model: nn.Module) -> nn.Module:
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g))
+                m.bias.copy_(torch.rand(m.num_features, generator=g) + 0.5)  # beta > 0: ReLU keeps it
+    return model
+
+
+@pytest.mark.parametrize("method,targets", [("filter", {"c0.weight": 0.5, "c1.weight": 0.5}), ("stripe", {"c1.weight": 0.5})])
+def test_a_dead_filter_takes_its_bias_and_batchnorm_along(method, targets):
+    """filter (and stripe on a 1x1 conv, where a stripe is a filter): a pruned channel outputs exactly 0."""
+    torch.manual_seed(0)
+    model = _randomized(OneByOne())
+    report = prepare(model, targets, method)
+    masks = masked_parameters(model)
+    derived = {n for n, wm in masks.items() if not wm.method}
+    conv = "c1" if method == "stripe" else "c0"
+    assert {f"{conv}.bias", f"b{conv[1]}.weight", f"b{conv[1]}.bias"} <= derived and report.derived == len(derived)
+    dead = ~masks[f"{conv}.weight"].mask.flatten(1).any(1)
+    assert int(dead.sum()) == (3 if conv == "c1" else 4)
+    for name in (f"{conv}.bias", f"b{conv[1]}.weight", f"b{conv[1]}.bias"):
+        assert torch.equal(masks[name].mask, ~dead)
+    bn = getattr(model, f"b{conv[1]}")
+    out = {}
+    bn.register_forward_hook(lambda m, a, o: out.__setitem__("y", o))
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        loss = model(torch.randn(4, 3, 6, 6)).square().mean()
+        assert out["y"][:, dead].abs().max() == 0.0  # exactly 0, in both modes, after BatchNorm
+        opt.zero_grad(), loss.backward(), opt.step()
+
+
+def test_a_checkpoint_without_derived_masks_still_loads():
+    """Masks saved before biases and BatchNorms were masked: the weight masks come back, alone."""
+    model = _net()
+    prepare(model, TARGETS, "filter")
+    derived = {n for n, wm in masked_parameters(model).items() if not wm.method}
+    old = {}
+    for key, value in model.state_dict().items():
+        mod, sep, rest = key.partition(".parametrizations.")
+        tensor = rest.split(".")[0]
+        if sep and f"{mod}.{tensor}" in derived:
+            if rest == f"{tensor}.original":
+                old[f"{mod}.{tensor}"] = value  # a plain tensor, as saved then
+            continue
+        old[key] = value
+    fresh = _net(seed=1)
+    load_masked_state_dict(fresh, old)
+    loaded = masked_parameters(fresh)
+    assert set(loaded) == {"block0.0.weight", "block0.3.weight", "classifier.weight"}
+    assert all(wm.method == "filter" and not wm.follows and not wm.reads for wm in loaded.values())
+    step(fresh)
+    assert all(torch.equal(loaded[n].mask, masked_parameters(model)[n].mask) for n in loaded)
+    bare = _net(seed=2)  # no bookkeeping at all (no extra state): the masks stay as loaded
+    load_masked_state_dict(bare, {k: v for k, v in old.items() if not k.endswith("_extra_state")})
+    step(bare)
+    assert all(torch.equal(masked_parameters(bare)[n].mask, loaded[n].mask) for n in loaded)

@@ -1,4 +1,4 @@
-"""The five pruning methods: exact counts, tie rules, skips and bad input (pruners.compute_mask)."""
+"""The six pruning methods: exact counts, tie rules, skips and bad input (pruners.compute_mask)."""
 from __future__ import annotations
 
 import math
@@ -10,7 +10,7 @@ import pruners
 from pruners.patterns import PATTERN_FLOOR, candidate_patterns, select_library
 from pruners.selection import count_for_ratio, keep_largest, remove_lowest
 
-TARGETS = {"irregular": 0.5, "filter": 0.5, "stripe": 0.5, "nm": "m4n2", "pattern": 0.7}
+TARGETS = {"irregular": 0.5, "filter": 0.5, "stripe": 0.5, "nm": "m4n2", "pattern": 0.7, "channel": 0.5}
 ALIASES = {
     "irregular": "irre_prune",
     "filter": "filter_prune",
@@ -18,7 +18,7 @@ ALIASES = {
     "nm": "mn_prune",
     "pattern": "pat_prune",
 }
-RATIO_METHODS = ["irregular", "filter", "stripe", "pattern"]
+RATIO_METHODS = ["irregular", "filter", "stripe", "pattern", "channel"]
 
 
 def randn(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -45,7 +45,8 @@ def test_contract(method, shape):
     assert mask.dtype == torch.bool and mask.shape == weight.shape
     assert torch.equal(weight, original)  # never modified
     assert torch.equal(mask, pruners.compute_mask(method, weight, TARGETS[method]))  # deterministic
-    assert torch.equal(mask, pruners.compute_mask(ALIASES[method], weight, TARGETS[method]))
+    if method in ALIASES:  # the reference project's names; channel is beyond it
+        assert torch.equal(mask, pruners.compute_mask(ALIASES[method], weight, TARGETS[method]))
     assert torch.equal(mask, pruners.compute_mask(method.upper(), weight, TARGETS[method]))
 
 
@@ -318,6 +319,13 @@ def test_ratio_methods_refuse_nm_targets(method):
         pruners.compute_mask(method, randn(8, 8, 3, 3), "m4n2")
     with pytest.raises(ValueError, match="belong to method 'nm'"):
         pruners.skip_reason(method, (8, 8), "m4n2")
+
+
+def test_channel_alone_is_filter_pruning():
+    """compute_mask sees one weight, which is then its own channel group: L1 filter pruning."""
+    weight = randn(10, 4, 3, 3)
+    assert torch.equal(pruners.compute_mask("channel", weight, 0.3), pruners.compute_mask("filter", weight, 0.3))
+    assert pruners.get_method("channel").graph is not None and pruners.get_method("channel").kills_channels
 
 
 def test_unknown_options_refused():

@@ -75,15 +75,16 @@ def layer_task(job: Job, state: dict, layer: str) -> list[tuple[float, float]]:
                if pruners.skip_reason(method, m.weight.shape, job.ratios[-1]) is None]  # fmt: skip
     # Model-wide options (PatDNN's pattern library) as a whole-model prune would choose them.
     options = dict(method.model_options(weights)) if method.model_options else {}
-    module = pruners.ratio_config.prunable_modules(model)[layer]
-    original = module.weight.detach().clone()
+    # Masks reach past the layer's weight (biases, BatchNorms, a channel group): restore everything.
+    original = {k: v.clone() for k, v in model.state_dict().items()}
+    if method.graph is not None:  # a graph method (channel) traces the model
+        options["example_input"] = torch.zeros_like(next(iter(loader))[0][:1])
     out = []
     for ratio in job.ratios:
         pruners.prepare(model, {layer: ratio}, method, **options)
         out.append((ratio, top1(model, loader)))
         pruners.squash(model)
-        with torch.no_grad():
-            module.weight.copy_(original)
+        model.load_state_dict(original)
     return out
 
 

@@ -130,13 +130,15 @@ def trial_latency(
     """
     from pruners.compact import compact, squashed_copy
 
-    plain = squashed_copy(masked_model).cpu()  # the caller's model keeps its masks and device
+    # compact() leaves the caller's model as it is (masks, mode); a model elsewhere is copied to CPU first.
+    on_cpu = all(t.device.type == "cpu" for t in masked_model.parameters())
+    source = masked_model if on_cpu else squashed_copy(masked_model).cpu()
     example = torch.zeros((2, *input_shape))
-    small, report = compact(plain, example, fold_borders=fold_borders)
+    small, report = compact(source, example, fold_borders=fold_borders)
     if export:
         small = export_program(small, example).module()
     if dense_model is None:
-        dense = plain
+        dense = squashed_copy(source) if on_cpu else source
     else:
         dense = dense_model if next(dense_model.parameters()).device.type == "cpu" else copy.deepcopy(dense_model).cpu()
     figures = measure_pair({"dense": dense, "compact": small}, input_shape, batch_sizes, threads, warmup, repeats)

@@ -1,0 +1,205 @@
+"""What the channel tracer knows about ops (which keep each channel apart, which join, concatenate,
+split or flatten channels), and the one traced forward: fx graph, shapes, output and observed inputs."""
+from __future__ import annotations
+
+import operator
+import weakref
+from typing import Any, Callable, NamedTuple, Optional
+
+import torch
+import torch.nn.functional as F
+from torch import fx, nn
+
+from pruners.weight_mask import modules_of
+
+__all__ = [
+    "CONCATS", "ELEMENTWISE_BINARY", "ELEMENTWISE_BINARY_METHODS", "FLATTENS", "JOINING", "PASSTHROUGH_FUNCTIONS",
+    "PASSTHROUGH_METHODS", "PASSTHROUGH_MODULES", "SHAPE_QUERIES", "SPATIAL_REDUCTIONS", "SPLITS", "Meta", "Observer", "Tracer", "ZERO_KEEPING", "ZERO_KEEPING_MODULES", "call_dim", "graph_of", "modules_of", "plain_type", "reduced_dims", "structure", "trace", "trace_run",
+]  # fmt: skip
+
+# Modules and functions that act on each channel separately (the channel passes through).
+PASSTHROUGH_MODULES: tuple[type, ...] = (
+    nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.Hardtanh, nn.SiLU, nn.GELU, nn.Sigmoid, nn.Tanh,
+    nn.Hardswish, nn.Hardsigmoid, nn.Mish, nn.Identity,
+    nn.Dropout, nn.Dropout2d, nn.Dropout1d, nn.Dropout3d, nn.AlphaDropout,
+    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d,
+    nn.AdaptiveAvgPool1d, nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d,
+    nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
+)  # fmt: skip
+PASSTHROUGH_FUNCTIONS: frozenset = frozenset({
+    F.relu, F.relu_, torch.relu, torch.relu_, F.relu6, F.leaky_relu, F.elu, F.hardtanh, F.silu,
+    F.gelu, F.mish, F.hardswish, F.hardsigmoid, torch.sigmoid, F.sigmoid, torch.tanh, F.tanh,
+    F.dropout, F.dropout2d, F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d,
+    F.avg_pool3d, F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d,
+    F.adaptive_max_pool1d, F.adaptive_max_pool2d, F.adaptive_max_pool3d, operator.neg,
+})  # fmt: skip
+PASSTHROUGH_METHODS = frozenset({
+    "relu", "relu_", "sigmoid", "tanh", "contiguous", "clone", "detach", "float", "double", "half",
+    "to", "neg",
+})  # fmt: skip
+# Per-channel ops that map 0 to 0: a channel that is exactly 0 stays 0 through them.
+ZERO_KEEPING_MODULES: tuple[type, ...] = tuple(
+    t for t in PASSTHROUGH_MODULES if t not in (nn.Sigmoid, nn.Hardsigmoid)
+)
+ZERO_KEEPING = frozenset(PASSTHROUGH_FUNCTIONS - {torch.sigmoid, F.sigmoid, F.hardsigmoid}) | (
+    PASSTHROUGH_METHODS - {"sigmoid"}
+)
+ELEMENTWISE_BINARY = frozenset({
+    operator.add, operator.iadd, operator.sub, operator.isub, operator.mul, operator.imul,
+    operator.truediv, torch.add, torch.sub, torch.mul, torch.div,
+})  # fmt: skip
+ELEMENTWISE_BINARY_METHODS = frozenset({"add", "add_", "sub", "sub_", "mul", "mul_", "div", "div_"})
+JOINING = frozenset({operator.add, operator.iadd, torch.add, "add", "add_"})  # a residual join
+FLATTENS = frozenset({torch.flatten, "flatten", "view", "reshape"})
+CONCATS = frozenset({torch.cat, torch.concat, torch.concatenate})
+SPLITS = frozenset({torch.split, torch.chunk, torch.tensor_split, "split", "chunk", "tensor_split"})
+SHAPE_QUERIES = frozenset({"size", "dim", "numel", getattr})  # results are not channel-carrying
+# Reductions over spatial dims only (a global pool written as ``x.mean([2, 3])``) keep every channel.
+SPATIAL_REDUCTIONS = frozenset({torch.mean, torch.amax, torch.sum, "mean", "amax", "sum"})
+
+
+Observer = Callable[[fx.Node, nn.Module, Any], None]  # (node, module, its input) during the traced forward
+
+
+class Tracer(fx.Tracer):
+    """Conv/linear/norm layers (masked or not) are leaves; containers are traced through."""
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        leaf_types = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.PReLU)
+        return isinstance(m, leaf_types) or super().is_leaf_module(m, qualname)
+
+
+def reduced_dims(node: fx.Node, rank: int) -> set[int] | None:
+    """The dims a mean/amax/sum call reduces (non-negative), or None when they are not constants."""
+    dim = node.args[1] if len(node.args) > 1 else node.kwargs.get("dim")
+    dims = [dim] if isinstance(dim, int) else dim
+    if not isinstance(dims, (list, tuple)) or not all(isinstance(d, int) for d in dims) or not rank:
+        return None
+    return {d % rank for d in dims}
+
+
+def call_dim(node: fx.Node, position: int, default: int, rank: int) -> int:
+    """The ``dim`` argument of a cat/split call (positional or keyword), made non-negative.
+
+    The tensor is ``args[0]`` for a method call as for a function call, so positions agree."""
+    dim = node.args[position] if len(node.args) > position else node.kwargs.get("dim", default)
+    if not isinstance(dim, int):
+        return -1
+    return dim % rank if rank else dim
+
+
+class Meta(NamedTuple):
+    """What the builder reads of a traced value: its shape (``node.meta["tensor_meta"]``)."""
+
+    shape: torch.Size
+
+
+def _meta(value: Any) -> Any:
+    if isinstance(value, torch.Tensor):
+        return Meta(value.shape)
+    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
+        return tuple(_meta(v) for v in value)
+    return None
+
+
+def _conv_shape(m: nn.modules.conv._ConvNd, shape: torch.Size) -> Optional[tuple[int, ...]]:
+    """A (non-transposed) conv's output shape, or None where the formula is not sure."""
+    nd = len(m.kernel_size)
+    if m.transposed or len(shape) != nd + 2:
+        return None
+    if isinstance(m.padding, str):
+        if m.padding == "same":
+            return (shape[0], m.out_channels, *shape[2:])
+        pads = (0,) * nd
+    else:
+        pads = m.padding
+    spatial = [(size + 2 * p - d * (k - 1) - 1) // s + 1
+               for size, p, d, k, s in zip(shape[2:], pads, m.dilation, m.kernel_size, m.stride)]  # fmt: skip
+    return (shape[0], m.out_channels, *spatial)
+
+
+class _Run(fx.Interpreter):
+    """Runs a graph on a model (no generated code), recording shapes and showing ``observe`` module inputs.
+
+    ``shapes_only`` skips the arithmetic of conv and linear layers (zeros of the right shape come
+    out): the shapes are all a channel trace needs, and those layers are nearly all of a forward.
+    """
+
+    def __init__(self, root: nn.Module, graph: fx.Graph, observe: Optional[Observer], shapes_only: bool = False) -> None:
+        super().__init__(root, garbage_collect_values=True, graph=graph)
+        self.observe, self.shapes_only = observe, shapes_only
+
+    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
+        if self.shapes_only and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
+            m, x = self.fetch_attr(target), args[0]
+            out = None
+            if isinstance(m, nn.modules.conv._ConvNd):
+                out = _conv_shape(m, x.shape)
+            elif isinstance(m, nn.Linear) and x.shape[-1] == m.in_features:
+                out = (*x.shape[:-1], m.out_features)
+            if out is not None:
+                return torch.zeros(out, dtype=x.dtype, device=x.device)
+        return super().call_module(target, args, kwargs)
+
+    def run_node(self, n: fx.Node) -> Any:
+        out = super().run_node(n)
+        meta = _meta(out)
+        if meta is not None:
+            n.meta["tensor_meta"] = meta
+        if self.observe is not None and n.op == "call_module" and n.args and isinstance(n.args[0], fx.Node):
+            self.observe(n, self.fetch_attr(str(n.target)), self.env[n.args[0]])
+        return out
+
+
+def plain_type(m: nn.Module) -> type:
+    """A module's class; a masked module's class before masking (torch makes a subclass per module)."""
+    return type(m).__bases__[0] if "parametrizations" in m._modules else type(m)
+
+
+def structure(model: nn.Module) -> tuple:
+    """What a traced graph depends on: every module's name and class (a masked one's class before masking)."""
+    return tuple((n, plain_type(m)) for n, m in modules_of(model))
+
+
+_GRAPHS: "weakref.WeakKeyDictionary[nn.Module, tuple[tuple, fx.Graph]]" = weakref.WeakKeyDictionary()
+
+
+def graph_of(model: nn.Module) -> fx.Graph:
+    """The symbolic trace of ``model`` (conv/linear/norm layers are leaves), once per model and structure."""
+    key = structure(model)
+    cached = _GRAPHS.get(model)
+    if cached is not None and cached[0] == key:
+        return cached[1]
+    graph = Tracer().trace(model)
+    _GRAPHS[model] = (key, graph)
+    return graph
+
+
+def _set_training(modes: dict[nn.Module, bool]) -> None:
+    for m, mode in modes.items():
+        m.training = mode  # per module: train() would recurse into every child again
+
+
+def trace_run(model: nn.Module, example_input: torch.Tensor, observe: Optional[Observer] = None,
+              graph: Optional[fx.Graph] = None, shapes_only: bool = False) -> tuple[fx.Graph, Any]:
+    """``model``'s fx graph (``graph_of``, or ``graph`` traced from a model of the same structure) with
+    shapes in ``node.meta``, and its output on ``example_input``: the one forward also feeds ``observe``.
+    With ``shapes_only`` conv and linear layers only give zeros of their output's shape (see ``_Run``).
+
+    The forward runs in eval mode under ``no_grad``; BatchNorm statistics and training flags
+    are left as they were.
+    """
+    graph = graph_of(model) if graph is None else graph
+    modes = {m: m.training for _, m in modules_of(model)}
+    _set_training(dict.fromkeys(modes, False))
+    try:
+        with torch.no_grad():
+            output = _Run(model, graph, observe, shapes_only).run(example_input)
+    finally:
+        _set_training(modes)
+    return graph, output
+
+
+def trace(model: nn.Module, example_input: torch.Tensor) -> fx.Graph:
+    """The graph with its shapes: ``trace_run`` without output, without the arithmetic of conv and linear layers."""
+    return trace_run(model, example_input, shapes_only=True)[0]
