@@ -115,7 +115,8 @@ def _keep(scores: torch.Tensor, ratio: float, chunks: int) -> torch.Tensor:
 
 
 def channel_masks(model: nn.Module, own: dict[str, tuple], fraction: float) -> dict[str, torch.Tensor]:
-    """Producer masks of every targeted group at ``fraction`` of its ratio, ranked over the whole group."""
+    """Producer masks of every targeted group at ``fraction`` of its ratio, ranked over the whole group
+    (rows broadcast along the other dims: ``step`` copies them into the mask buffers)."""
     first = next(iter(own.values()))[2]
     shape = first.options.get("input_shape")
     if not shape:
@@ -139,7 +140,7 @@ def channel_masks(model: nn.Module, own: dict[str, tuple], fraction: float) -> d
         keep = _keep(importance.fn(model, g, grads), ratio, g.chunks) if ratio > 0 else torch.ones(g.size, dtype=torch.bool)
         for n in mine:
             mask_shape = own[n][2].mask.shape
-            out[n] = keep.to(first.mask.device).view(-1, *([1] * (len(mask_shape) - 1))).expand(mask_shape).clone()
+            out[n] = keep.to(first.mask.device).view(-1, *([1] * (len(mask_shape) - 1))).expand(mask_shape)
     missing = set(own) - set(out)
     if missing:
         logger.warning("channel: %d masked weight(s) are in no free group any more, left dense: %s", len(missing), sorted(missing)[:5])

@@ -189,6 +189,8 @@ class _Builder:
             self.unknown(node, type(m).__name__)
 
     def conv(self, node: fx.Node, name: str, m: nn.Module, segs: tuple[int, ...], block: int) -> None:
+        """A conv reads its input's channels and emits new ones; a depthwise conv carries them; a
+        grouped conv reads and emits them in equal parts."""
         if m.transposed:
             self.unknown(node, f"transposed conv {name}")
         elif block != 1:
@@ -255,10 +257,12 @@ class _Builder:
             self.unknown(node, getattr(target, "__name__", str(target)))
 
     def spatial_only(self, node: fx.Node, src: fx.Node) -> bool:
+        """A mean/amax/sum over spatial dims only: every channel stays, as after a global pool."""
         dims = reduced_dims(node, len(self.shape(src) or ()))
         return dims is not None and not dims & {0, 1} and self.at[src][1] == 1
 
     def concat(self, node: fx.Node, ins: list[fx.Node]) -> None:
+        """Channels concatenated along dim 1: the groups side by side, in order."""
         tensors = node.args[0] if node.args else node.kwargs.get("tensors")
         rank = len(self.shape(node) or ())
         if call_dim(node, 1, 0, rank) != 1 or not isinstance(tensors, (list, tuple)) or any(t not in self.at for t in tensors):
@@ -302,6 +306,7 @@ class _Builder:
         self.pieces[node] = pieces
 
     def elementwise(self, node: fx.Node, ins: list[fx.Node]) -> None:
+        """An element-wise op of tensors with the same channels joins them, part by part."""
         out = self.shape(node) or ()
         same = [n for n in ins if (self.shape(n) or ())[1:2] == out[1:2]]
         layouts = {tuple(self.root(s).size for s in self.at[n][0]) for n in same}

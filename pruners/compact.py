@@ -78,8 +78,7 @@ def _effective(module: nn.Module, name: str) -> torch.Tensor:
         return getattr(module, name).detach()
     value = plist.original.detach()
     for wm in plist:
-        if bool(wm.enforced):
-            value = value.where(wm.mask, 0.0)  # faster than a multiply by a bool mask
+        value = wm.effective(value)
     return value if value is not plist.original else value.clone()
 
 
@@ -95,10 +94,12 @@ def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     new = cls.__new__(cls)
     memo[id(module)] = new
     new.__dict__ = {k: type(v)(v) if isinstance(v, (dict, set, list)) else v for k, v in module.__dict__.items()}
-    if masked:
+    if masked:  # masked tensors first, as weight and bias were before masking moved them out
         del new._modules["parametrizations"]
-        for name, plist in module.parametrizations.items():
-            new._parameters[name] = nn.Parameter(_effective(module, name), plist.original.requires_grad)
+        unmasked = new._parameters
+        new._parameters = {name: nn.Parameter(_effective(module, name), plist.original.requires_grad)
+                           for name, plist in module.parametrizations.items()}  # fmt: skip
+        new._parameters.update(unmasked)
     for key, child in new._modules.items():
         if child is not None:
             new._modules[key] = _copy_tree(child, memo)

@@ -48,6 +48,7 @@ class _Call:
     low: torch.Tensor
     high: torch.Tensor
     spatial: tuple[int, ...]
+    nonzero: torch.Tensor  # whether the column is ever not exactly 0
 
 
 @dataclass
@@ -63,7 +64,8 @@ class ChannelStats:
             return
         t = x.detach().transpose(0, 1).reshape(x.shape[1], -1)  # (channels or features, samples x positions)
         low, high = t.aminmax(dim=1)
-        self.calls.setdefault(str(node.target), []).append(_Call(t[:, 0], low, high, tuple(x.shape[2:])))
+        call = _Call(t[:, 0], low, high, tuple(x.shape[2:]), (low != 0) | (high != 0))
+        self.calls.setdefault(str(node.target), []).append(call)
 
 
 class Plan:
@@ -75,15 +77,19 @@ class Plan:
         self.values: dict[str, torch.Tensor] = {}  # consumer -> per dead channel value(s), non-zero ones
         self.maps: dict[str, torch.Tensor] = {}  # conv consumer -> contribution maps (float64)
         self.map_rows: dict[str, torch.Tensor] = {}  # which dead channels those maps are for
+        self.dead_idx = dead.nonzero().flatten()
+        self._removed: torch.Tensor | None = None
 
     def keep(self, channels, reason: str) -> None:
         for c in channels:
             self.keep_reason.setdefault(int(c), reason)
+        self._removed = None
 
     def removed(self) -> torch.Tensor:
-        out = self.dead.clone()
-        out[list(self.keep_reason)] = False
-        return out
+        if self._removed is None:
+            self._removed = self.dead.clone()
+            self._removed[list(self.keep_reason)] = False
+        return self._removed
 
 
 def _spread_ok(low: torch.Tensor, high: torch.Tensor, tol: float) -> torch.Tensor:
@@ -112,14 +118,16 @@ def _conv_maps(conv: nn.Module, values: torch.Tensor, channels: torch.Tensor, sp
 
 
 def _columns(dead_idx: torch.Tensor, offset: int, block: int) -> torch.Tensor:
+    if block == 1:
+        return dead_idx + offset if offset else dead_idx
     return ((offset + dead_idx)[:, None] * block + torch.arange(block)).reshape(-1)
 
 
 def _consumer(model: nn.Module, plan: Plan, mod_name: str, block: int, calls: list[_Call], fold_borders: bool) -> None:
     """Keep the dead channels this consumer cannot lose exactly; note the values it must absorb."""
-    dead_idx = plan.dead.nonzero().flatten()
+    dead_idx = plan.dead_idx
     cols = _columns(dead_idx, plan.group.offset(mod_name, "weight"), block)
-    if not any(bool(c.low[cols].any() or c.high[cols].any()) for c in calls):
+    if not any(bool(c.nonzero[cols].any()) for c in calls):
         return  # every dead channel is exactly 0 here: it goes as it is
     lows = torch.stack([c.low[cols] for c in calls]).amin(0).double().view(len(dead_idx), block)
     highs = torch.stack([c.high[cols] for c in calls]).amax(0).double().view(len(dead_idx), block)
@@ -167,7 +175,7 @@ def _balance(plan: Plan) -> None:
 
 def analyse(model: nn.Module, plan: Plan, stats: ChannelStats, fold_borders: bool) -> None:
     """Which of the group's dead channels stay, and why."""
-    dead_idx = plan.dead.nonzero().flatten()
+    dead_idx = plan.dead_idx
     for mod_name, _, block in plan.group.consumers:
         calls = stats.calls.get(mod_name, [])
         if not calls:
@@ -180,7 +188,7 @@ def analyse(model: nn.Module, plan: Plan, stats: ChannelStats, fold_borders: boo
 def fold_delta(model: nn.Module, plan: Plan, mod_name: str, block: int) -> torch.Tensor | None:
     """What the consumer's output loses when the removed channels go (float64), or None."""
     values = plan.values.get(mod_name)
-    dead_idx = plan.dead.nonzero().flatten()
+    dead_idx = plan.dead_idx
     removed = plan.removed()[dead_idx]  # among dead channels
     if values is None or not removed.any():
         return None

@@ -19,7 +19,7 @@ from torch import fx, nn
 
 from pruners.channel_group import is_depthwise
 from pruners.channel_ops import PASSTHROUGH_FUNCTIONS, PASSTHROUGH_METHODS, PASSTHROUGH_MODULES, Tracer
-from pruners.plan import MaskPlan, Read
+from pruners.plan import MaskPlan
 
 __all__ = ["derived_mask", "follower_plan", "private_followers", "rows_alive"]
 
@@ -95,10 +95,11 @@ def follower_plan(model: nn.Module, pruned: Sequence[str], plan: MaskPlan) -> No
 
 
 def rows_alive(mask: torch.Tensor) -> torch.Tensor:
-    """Per output row (filter): whether any of its weights is kept (a uint8 max: ~20x faster than any())."""
+    """Per output row (filter): whether any of its weights is kept. A uint8 max over the other dims
+    (~20x faster than any()), which also reads a broadcast mask without materialising it."""
     if mask.dim() < 2:
         return mask
-    return mask.view(torch.uint8).reshape(mask.shape[0], -1).amax(1) > 0
+    return mask.view(torch.uint8).amax(dim=tuple(range(1, mask.dim()))) > 0
 
 
 def _span(length: int, alive: torch.Tensor, offset: int, block: int) -> torch.Tensor:
@@ -116,19 +117,24 @@ def derived_mask(
     follows: Sequence[tuple[torch.Tensor, int, int]], reads: Sequence[tuple[torch.Tensor, int, int]],
 ) -> torch.Tensor:
     """Rows killed by dead producer rows (``follows``: (alive rows, offset, 1)) and input columns
-    killed by them (``reads``: (alive rows, offset, block)); a grouped conv's columns are per group."""
+    killed by them (``reads``: (alive rows, offset, block)); a grouped conv's columns are per group.
+
+    Broadcastable to ``shape`` (rows x columns, size 1 along kernel dims): combine it or
+    ``expand`` it; it is never materialised here.
+    """
     device = next((a.device for a, _, _ in [*follows, *reads]), None)
-    mask = torch.ones(shape, dtype=torch.bool, device=device)
-    tail = [1] * (len(shape) - 1)
+    nd = len(shape)
+    rows = torch.ones(shape[0], dtype=torch.bool, device=device)
     for alive, offset, block in follows:
-        mask &= _span(shape[0], alive, offset, block).view(-1, *tail)
+        rows &= _span(shape[0], alive, offset, block)
+    mask = rows.view(-1, *([1] * (nd - 1)))
     grouped = isinstance(module, nn.modules.conv._ConvNd) and module.groups > 1 and not is_depthwise(module)
     for alive, offset, block in reads:
         if grouped and tensor == "weight":
             g, per = module.groups, shape[1]
-            rows = torch.arange(shape[0], device=mask.device) // (shape[0] // g)
-            cols = _span(g * per, alive, offset, 1).view(g, per)[rows]
-            mask &= cols.view(shape[0], per, *([1] * (len(shape) - 2)))
+            group_of_row = torch.arange(shape[0], device=device) // (shape[0] // g)
+            cols = _span(g * per, alive, offset, 1).view(g, per)[group_of_row]
+            mask = mask & cols.view(shape[0], per, *([1] * (nd - 2)))
         else:
-            mask &= _span(shape[1], alive, offset, block).view(1, -1, *([1] * (len(shape) - 2)))
+            mask = mask & _span(shape[1], alive, offset, block).view(1, -1, *([1] * (nd - 2)))
     return mask

@@ -12,8 +12,8 @@ import torch
 from torch import fx, nn
 
 from pruners.channel_group import ChannelGroup
-from pruners.channel_ops import plain_type
-from pruners.channels import groups_of, trace
+from pruners.channel_ops import Tracer, plain_type, trace_run
+from pruners.channels import groups_of
 from pruners.weight_mask import modules_of
 
 __all__ = ["cached_groups", "model_groups"]
@@ -55,7 +55,7 @@ def model_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelG
     cached = _GROUPS.get(model)
     if cached is not None and cached[0] == key:
         return cached[2]
-    graph = trace(model, example_input)
+    graph = trace_run(model, example_input, graph=Tracer().trace(model), shapes_only=True)[0]
     groups = groups_of(graph, model)
     _GROUPS[model] = (key, graph, groups)
     return groups

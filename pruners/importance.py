@@ -80,7 +80,8 @@ def l1(model: nn.Module, group: ChannelGroup, grads: Grads) -> torch.Tensor:
     score = None
     for mod_name, tensor in group.producers:
         if tensor == "weight":
-            s = _per_channel(_value(model, mod_name, tensor).abs())
+            w = score_dtype(_value(model, mod_name, tensor))
+            s = torch.linalg.vector_norm(w.reshape(w.shape[0], -1), ord=1, dim=1)  # one pass, no |w| copy
             score = s if score is None else score + s.to(score.dtype)
     return torch.zeros(group.size) if score is None else score
 

@@ -185,7 +185,7 @@ def _with_derived(items: Entries, primary: dict[str, torch.Tensor]) -> dict[str,
             mask = derived if mask is None else mask & derived
         if mask is None:  # no method and nothing to follow (a mask saved without bookkeeping): kept as is
             mask = wm.mask.clone() if not wm.method else torch.ones_like(wm.mask)
-        out[name] = mask
+        out[name] = mask.expand(wm.mask.shape)  # broadcast masks are copied into the buffer as they are
     return out
 
 

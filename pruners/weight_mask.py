@@ -80,17 +80,29 @@ class WeightMask(nn.Module):
         self.reads: tuple[Read, ...]
         self._mask_f: Optional[torch.Tensor]
 
+    def _key(self, dtype: torch.dtype) -> tuple:
+        return (self.mask.data_ptr(), self.mask._version, self.enforced.data_ptr(), self.enforced._version, dtype)
+
     def forward(self, w: torch.Tensor) -> torch.Tensor:
         # One multiply by a cached float mask: cheaper than where() over a bool mask, which costs
         # ~10 passes over each weight per step (benchmarks/bench_masked_step.py). The cache is
         # rebuilt only when the buffers change (in-place edits bump a tensor's _version), so the
         # host reads `enforced` only then, not every forward.
-        key = (self.mask.data_ptr(), self.mask._version, self.enforced.data_ptr(), self.enforced._version, w.dtype)
+        key = self._key(w.dtype)
         if key != self._cache_key:
             self._cache_key = key
             self._enforced_now = bool(self.enforced)
             self._mask_f = self.mask.to(w.dtype)
         return w * self._mask_f if self._enforced_now else w
+
+    def effective(self, w: torch.Tensor) -> torch.Tensor:
+        """``forward`` without autograd or cache updates: the float mask if the last forward left a
+        current one (a trained model's), else a select on the bool mask."""
+        if not bool(self.enforced):
+            return w
+        if self._mask_f is not None and self._key(w.dtype) == self._cache_key:
+            return w * self._mask_f
+        return w.where(self.mask, 0.0)
 
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
         # Assigning ``module.weight = t`` stores ``t`` as the original (masked at forward).
