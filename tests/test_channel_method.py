@@ -137,6 +137,8 @@ def test_compaction_is_exact_at_two_input_sizes(name):
     assert pruners.is_masked(model) and not pruners.is_masked(small)
     for shape in ((3, 32, 32), (3, 48, 40)):
         assert max_diff(small, model, shape) <= TOL
+    same, _ = compact(model, torch.zeros(1, 3, 32, 32), inplace=True)  # the masked model itself becomes it
+    assert same is model and not pruners.is_masked(model) and max_diff(same, small, (3, 32, 32)) <= TOL
 
 
 def test_masks_survive_a_training_step_and_a_checkpoint_round_trip(tmp_path):
