@@ -30,7 +30,28 @@ class RunConfig:
     momentum: float = 0.9  # SGD momentum, as the reference project
     wd: float = 5e-4  # weight decay
     lr_decay_milestones: list[int] = field(default_factory=list)  # MultiStepLR, gamma 0.1
-    seed: int = 0  # model init, data order and splits are all seeded from this
+    # multistep: the reference project's MultiStepLR on lr_decay_milestones, per epoch; cosine:
+    # per batch to 0 over the run, after warmup_epochs (raysweep.trial.optim.LR_SCHEDULES)
+    lr_schedule: str = "multistep"
+    warmup_epochs: float = 0.0  # cosine: linear warm-up to lr over this many epochs (fractions allowed)
+    label_smoothing: float = 0.0  # cross-entropy against (1 - s) one-hot + s uniform; 0: plain CE
+    seed: int = 0  # model init, data order, augmentation and splits are all seeded from this
+
+    # --- distillation from the dense model (raysweep.trial.distill) -----------------------
+    # Weight of matching the teacher's softened outputs (Hinton et al. 2015); the teacher is
+    # weight_file (a sweep's dense model). 0: plain cross-entropy, no teacher is loaded.
+    distill_alpha: float = 0.0
+    distill_temperature: float = 4.0  # softmax temperature of that term (both sides)
+
+    # --- how the model computes (raysweep.trial.precision; README "Training") -----------------
+    # fp32 | bf16 (autocast; CPU and GPU) | fp16 (autocast + GradScaler; CUDA only). fp32: on a
+    # CPU without native bf16 (AVX2, as measured) bf16 trains 8-20x slower.
+    precision: str = "fp32"
+    # NHWC weights and inputs, the layout conv kernels prefer: measured 1.2-1.3x the images per
+    # CPU second on CPU (resnet20, masked digits_cnn); masks come out the same.
+    channels_last: bool = True
+    # torch.compile the training module: on CPU it cost 15-60 s per trial and ran no faster.
+    compile: bool = False
 
     # --- pruning (method None = plain training) -------------------------------------
     method: Optional[str] = None  # one of pruners.list_methods() or a reference alias
@@ -45,7 +66,9 @@ class RunConfig:
 
     # --- execution ------------------------------------------------------------------
     workers: int = 1  # Ray Train workers = DDP ranks (gloo on CPU, NCCL on GPU)
-    use_gpu: bool = False  # one GPU per worker
+    use_gpu: bool = False  # train on CUDA, gpus_per_worker of a GPU per worker
+    # Ray's GPU share per worker with use_gpu: 0.25 lets four one-worker trials share one GPU
+    gpus_per_worker: float = 1.0
     cpus_per_worker: float = 1.0  # Ray resources per worker; also its torch thread count
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm under DDP
     max_failures: int = 2  # worker-group restarts from the last checkpoint before giving up

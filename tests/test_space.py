@@ -37,6 +37,7 @@ DOCUMENTED_KEYS = {
     "name", "model", "dataset", "data_root", "dense", "dense_epochs", "dense_lr", "trials", "search",
     "sampler", "seed", "scheduler", "asha", "objectives", "resources", "epochs", "lr", "batch_size", "wd",
     "nm_permute", "measure_latency", "methods", "ratios", "schedules", "points",
+    "precision", "channels_last", "compile", "lr_schedule", "warmup_epochs", "label_smoothing", "distill",
 }  # fmt: skip
 
 

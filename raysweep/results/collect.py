@@ -28,6 +28,8 @@ _METRIC_COLUMNS = {
     "allocation": "allocation", "global_target": "global_target",
     "latency_ms_b1": "latency_ms_b1", "latency_ms_b64": "latency_ms_b64", "speedup": "speedup",
     "nm_permute_gain": "nm_permute_gain",
+    # Distillation from the dense model (0: off) and the precision the trial trained in.
+    "distill_alpha": "distill_alpha", "distill_temperature": "distill_temperature", "precision": "precision",
     # Unix time (s) of the trial's last report, its end once finished: orders trials in time.
     "timestamp": "finished_at",
 }

@@ -26,6 +26,7 @@ def grid_problems(out: Mapping[str, Any], problems: Problems) -> None:
     methods = {m: {**t, **(allocations[m].params() if m in allocations else {})} for m, t in out.get("methods", {}).items()}
     schedules = out.get("schedules", {})
     shared = math.prod(len(candidates(out[h])) for h in HPARAM_TYPES if out.get(h) is not None)
+    shared *= math.prod(len(candidates(v)) for v in out.get("distill", {}).values() if v is not None)
     wanted = shared * sum(map(size, methods.values())) * sum(map(size, schedules.values()))
     total = shared * max(len(methods), 1) * max(len(schedules), 1) * math.prod(map(size, [*methods.values(), *schedules.values()]))
     if total > wanted:
@@ -35,6 +36,7 @@ def grid_problems(out: Mapping[str, Any], problems: Problems) -> None:
 
 def searched_values(out: Mapping[str, Any]) -> list[tuple[str, Dist]]:
     found = [(k, out[k]) for k in HPARAM_TYPES if isinstance(out.get(k), Dist)]
+    found += [(f"distill.{k}", v) for k, v in out.get("distill", {}).items() if isinstance(v, Dist)]
     for section in ("methods", "schedules"):
         for name, entries in out.get(section, {}).items():
             found += [(f"{section}.{name}.{k}", v) for k, v in entries.items() if isinstance(v, Dist)]

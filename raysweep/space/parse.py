@@ -48,6 +48,19 @@ from raysweep.space.values import (
     suggest,
     target_check,
 )
+from raysweep.trial.optim import LR_SCHEDULES
+from raysweep.trial.precision import PRECISIONS, fp16_refusal
+
+
+def fraction(closed: bool) -> Check:
+    """A number in [0, 1] (``closed``) or [0, 1)."""
+
+    def check(v: Any) -> Optional[str]:
+        ok = number_above(0.0, inclusive=True)(v) is None and (v <= 1.0 if closed else v < 1.0)
+        return None if ok else f"must be a number in [0, 1{']' if closed else ')'}, got {v!r}"
+
+    return check
+
 
 SCALAR_CHECKS: dict[str, Check] = {
     "name": a_string,
@@ -63,6 +76,9 @@ SCALAR_CHECKS: dict[str, Check] = {
     "seed": any_int,
     "scheduler": one_of("scheduler", SCHEDULERS),
     "measure_latency": a_bool,
+    "precision": one_of("precision", list(PRECISIONS)),
+    "channels_last": a_bool,
+    "compile": a_bool,
 }
 
 HPARAM_CHECKS: dict[str, Check] = {
@@ -71,10 +87,14 @@ HPARAM_CHECKS: dict[str, Check] = {
     "batch_size": int_at_least(1),
     "wd": number_above(0.0, inclusive=True),
     "nm_permute": a_bool,
+    "lr_schedule": one_of("lr_schedule", list(LR_SCHEDULES)),
+    "warmup_epochs": number_above(0.0, inclusive=True),
+    "label_smoothing": fraction(closed=False),
 }
+DISTILL_CHECKS: dict[str, Check] = {"alpha": fraction(closed=True), "temperature": number_above(0.0)}
 
 # Every key of SPACE_KEYS is a scalar, a hyper-parameter or one of these sections (tested).
-SECTIONS = ("asha", "objectives", "resources", "methods", "ratios", "schedules", "points")
+SECTIONS = ("asha", "objectives", "resources", "distill", "methods", "ratios", "schedules", "points")
 RESOURCE_CHECKS: dict[str, Check] = {
     "workers_per_trial": int_at_least(1),
     "cpus_per_worker": number_above(0.0),
@@ -119,6 +139,14 @@ def _section(raw: Any, where: str, cls: type, checks: Mapping[str, Check], probl
     types = typing.get_type_hints(cls)
     parsed = {k: parse_param(v, join(where, k), checks[k], problems, fixed=True) for k, v in values.items() if k in checks}
     return cls(**{k: cast_like(types[k], v) for k, v in parsed.items() if v is not None})
+
+
+def parse_distill(raw: Any, problems: Problems) -> dict[str, Any]:
+    """``{alpha, temperature}``: values or distributions; what is left out keeps its default."""
+    values = _mapping(raw, "distill", problems)
+    check_keys(values, list(DISTILL_CHECKS), "distill", problems)
+    defaults = raw_defaults()["distill"]
+    return {k: parse_param(values.get(k, defaults[k]), join("distill", k), c, problems) for k, c in DISTILL_CHECKS.items()}
 
 
 def parse_objectives(raw: Any, problems: Problems) -> dict[str, str]:
@@ -243,6 +271,14 @@ def parse_space(raw: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
     if out["resources"].executor == "inprocess" and out["resources"].workers_per_trial > 1:
         problems.add("resources.executor", f"inprocess trains one rank in the trial's own process, but workers_per_trial "
                      f"is {out['resources'].workers_per_trial}: use pool or trainer (or auto)")  # fmt: skip
+    shared_gpu = out["resources"].workers_per_trial > 1 and 0 < out["resources"].gpus_per_worker < 1
+    if shared_gpu:
+        problems.add("resources.gpus_per_worker", f"{out['resources'].gpus_per_worker:g} with workers_per_trial "
+                     f"{out['resources'].workers_per_trial}: Ray may place two ranks of one trial on the same GPU, which "
+                     "NCCL refuses; give multi-worker trials whole GPUs (one-worker trials may share one)")  # fmt: skip
+    if out["precision"] == "fp16" and not out["resources"].gpus_per_worker:
+        problems.add("precision", fp16_refusal("resources.gpus_per_worker is 0"))
+    out["distill"] = parse_distill(values["distill"], problems)
     out["objectives"] = parse_objectives(values["objectives"], problems)
     out["methods"], out["allocations"] = parse_methods(values["methods"], values["ratios"], problems)
     out["schedules"] = parse_schedules(values["schedules"], problems)

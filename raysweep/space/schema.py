@@ -16,6 +16,7 @@ from typing import Any, Callable, Optional, Sequence
 
 import pruners
 from pruners.allocation import FAMILIES, get_family
+from raysweep.config import RunConfig
 
 DENSE_TRAIN = "train"  # `dense: train`: train the dense model once per recipe and cache it
 SEARCHES = ("random", "grid", "optuna")
@@ -31,12 +32,17 @@ LATENCY_OBJECTIVES = frozenset({"latency_ms_b1", "latency_ms_b64", "speedup"})
 # Where a trial trains (raysweep.sweep.executors): `auto` picks inprocess for one worker, else pool.
 EXECUTORS = ("auto", "inprocess", "pool", "trainer")
 # Trial hyper-parameters: searched or fixed like any value, cast to these types for the run.
-HPARAM_TYPES: dict[str, type] = {"epochs": int, "lr": float, "batch_size": int, "wd": float, "nm_permute": bool}
+HPARAM_TYPES: dict[str, type] = {
+    "epochs": int, "lr": float, "batch_size": int, "wd": float, "nm_permute": bool,
+    "lr_schedule": str, "warmup_epochs": float, "label_smoothing": float,
+}  # fmt: skip
+# Distillation from the dense model: `distill: {alpha, temperature}`, each searchable like lr.
+DISTILL_TYPES: dict[str, type] = {"alpha": float, "temperature": float}
 # The YAML keys of a space; `ratios` is shorthand for targets that every listed method shares.
 SPACE_KEYS: tuple[str, ...] = (
     "name", "model", "dataset", "data_root", "dense", "dense_epochs", "dense_lr", "trials", "search",
-    "sampler", "seed", "scheduler", "measure_latency", "asha", "objectives", "resources",
-    *HPARAM_TYPES, "methods", "ratios", "schedules", "points",
+    "sampler", "seed", "scheduler", "measure_latency", "precision", "channels_last", "compile", "asha",
+    "objectives", "resources", *HPARAM_TYPES, "distill", "methods", "ratios", "schedules", "points",
 )  # fmt: skip
 ALLOCATION_KEY = "allocation"  # the key inside a method's targets (no parameter is called that)
 _PERTURB = "perturb/"
@@ -200,6 +206,10 @@ class SearchSpace:
     seed: int = 0
     scheduler: str = "fifo"
     measure_latency: bool = False  # time each trial's compacted model (always on with a latency objective)
+    # How every run of the sweep computes (dense training included); defaults as RunConfig's
+    precision: str = RunConfig.precision  # fp32 | bf16 | fp16 (CUDA: resources.gpus_per_worker > 0)
+    channels_last: bool = RunConfig.channels_last
+    compile: bool = RunConfig.compile
     asha: Asha = field(default_factory=Asha)
     objectives: dict[str, str] = field(default_factory=lambda: {"accuracy": "max", "sparsity": "max"})
     resources: Resources = field(default_factory=Resources)
@@ -208,6 +218,11 @@ class SearchSpace:
     batch_size: Param = 128
     wd: Param = 5e-4
     nm_permute: Param = False  # nm trials: permute input channels first (searchable: choice [true, false])
+    lr_schedule: Param = RunConfig.lr_schedule  # multistep | cosine (raysweep.trial.optim)
+    warmup_epochs: Param = RunConfig.warmup_epochs  # cosine's linear warm-up, in epochs
+    label_smoothing: Param = RunConfig.label_smoothing
+    # alpha 0: no distillation; the teacher is the sweep's dense model
+    distill: dict[str, Param] = field(default_factory=lambda: {"alpha": RunConfig.distill_alpha, "temperature": RunConfig.distill_temperature})
     methods: dict[str, dict[str, Param]] = field(default_factory=dict)  # canonical -> target space
     allocations: dict[str, Allocation] = field(default_factory=dict)  # method -> its allocation section
     schedules: dict[str, dict[str, Param]] = field(default_factory=lambda: {"oneshot": {}})

@@ -3,7 +3,8 @@
 Tune sees a nested ``param_space`` (``to_tune``) whose '/'-joined keys are ``method``,
 ``schedule``, ``<method>/<glob or name>``, ``<method>/allocation/family``, ``.../target``,
 ``.../perturb/<glob or name>``, ``schedule_params/<schedule>/<param>``, ``epochs``, ``lr``,
-``batch_size``, ``wd``, ``nm_permute`` (nested, because Ray's OptunaSearch rejects '/' inside
+``batch_size``, ``wd``, ``nm_permute``, ``lr_schedule``, ``warmup_epochs``, ``label_smoothing``,
+``distill/alpha``, ``distill/temperature`` (nested, because Ray's OptunaSearch rejects '/' inside
 keys); ``trial_run_config`` turns what Tune hands a trial back into a ``RunConfig``.
 """
 from __future__ import annotations
@@ -14,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pruners
 from raysweep.config import RunConfig, Target
-from raysweep.space.schema import ALLOCATION_KEY, HPARAM_TYPES, Dist, Param, Point, SearchSpace, representative
+from raysweep.space.schema import ALLOCATION_KEY, DISTILL_TYPES, HPARAM_TYPES, Dist, Param, Point, SearchSpace, representative
 from raysweep.space.targets import build_model
 from raysweep.space.values import cast_like, cast_schedule_params
 
@@ -57,6 +58,7 @@ def to_tune(space: SearchSpace) -> tuple[dict, list[dict]]:
     if params and space.methods:
         ps["schedule_params"] = params
     ps.update({h: _dom(getattr(space, h), grid) for h in HPARAM_TYPES})
+    ps["distill"] = {k: _dom(v, grid) for k, v in space.distill.items()}
     return ps, [point_config(space, i) for i in range(len(space.points))]
 
 
@@ -98,6 +100,7 @@ class _Trial:
     schedule: str
     params: dict[str, Any]
     hparams: dict[str, Any]
+    distill: dict[str, Any]  # alpha, temperature
 
 
 def _trial(space: SearchSpace, config: Mapping[str, Any]) -> _Trial:
@@ -106,7 +109,8 @@ def _trial(space: SearchSpace, config: Mapping[str, Any]) -> _Trial:
     if index is not None and int(index) >= 0:
         point = space.points[int(index)]
         spec = point.allocation.representative_spec() if point.allocation else None
-        return _Trial(point.method, dict(point.targets), spec, point.schedule, dict(point.schedule_params), _point_hparams(space, point))
+        distill = {k: representative(v) for k, v in space.distill.items()}
+        return _Trial(point.method, dict(point.targets), spec, point.schedule, dict(point.schedule_params), _point_hparams(space, point), distill)
     method = pruners.get_method(_take(flat, "method", _only(space.methods))).name
     schedule = str(_take(flat, "schedule", _only(space.schedules)))
     targets = {k: _target(_take(flat, f"{method}/{k}", v)) for k, v in space.methods[method].items()}
@@ -116,7 +120,8 @@ def _trial(space: SearchSpace, config: Mapping[str, Any]) -> _Trial:
     sched_prefix = f"schedule_params/{schedule}/"
     params = {k: _take(flat, sched_prefix + k, v) for k, v in space.schedules.get(schedule, {}).items()}
     hparams = {h: _take(flat, h, getattr(space, h)) for h in HPARAM_TYPES}
-    return _Trial(method, targets, spec, schedule, params, hparams)
+    distill = {k: _take(flat, f"distill/{k}", v) for k, v in space.distill.items()}
+    return _Trial(method, targets, spec, schedule, params, hparams, distill)
 
 
 def trial_run_config(space: SearchSpace, config: Mapping[str, Any], base: RunConfig) -> RunConfig:
@@ -133,6 +138,7 @@ def trial_run_config(space: SearchSpace, config: Mapping[str, Any], base: RunCon
         base, method=t.method, targets=t.targets, schedule=t.schedule,
         schedule_params=cast_schedule_params(t.schedule, t.params),
         **{h: cast_like(kind, t.hparams[h]) for h, kind in HPARAM_TYPES.items()}, allocation=t.allocation or {},
+        **{f"distill_{k}": cast_like(kind, t.distill[k]) for k, kind in DISTILL_TYPES.items()},
     )  # fmt: skip
 
 

@@ -68,7 +68,8 @@ class Executor:
 
     def describe(self, slots: int) -> str:
         r = self.resources
-        return f"executor {self.name}: {r.workers_per_trial} worker(s) per trial, up to {slots} trial(s) at once"
+        gpus = f" x {r.gpus_per_worker:g} GPU" if r.gpus_per_worker else ""
+        return f"executor {self.name}: {r.workers_per_trial} worker(s){gpus} per trial, up to {slots} trial(s) at once"
 
     @staticmethod
     def run(context: SweepContext, cfg: RunConfig, trial_id: str) -> None:

@@ -75,6 +75,11 @@ class Checkpoint:
     # ops continue their stream. The data order and augmentation need nothing here: they are
     # functions of (seed, epoch, rank), and a resumed run starts at epoch + 1.
     rng: Optional[dict[str, torch.Tensor]] = None
+    scaler: Optional[dict[str, Any]] = None  # fp16's GradScaler (its loss scale carries on)
+    # The global torch RNGs after this epoch ({"cpu": ..., "cuda": ...}): dropout and other random
+    # ops continue their stream. The data order and augmentation need nothing here: they are
+    # functions of (seed, epoch, rank), and a resumed run starts at epoch + 1.
+    rng: Optional[dict[str, torch.Tensor]] = None
 
     def to_payload(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -3,11 +3,16 @@ from __future__ import annotations
 
 import logging
 import math
+from dataclasses import dataclass
+from typing import Iterable, Optional
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
-from torch.utils.data import DataLoader, Subset
+
+from raysweep.trial.distill import Criterion
+from raysweep.trial.optim import LRSchedule
+from raysweep.trial.precision import Compute
 
 log = logging.getLogger("raysweep.loop")
 
@@ -32,27 +37,31 @@ def rank_checksums(model: nn.Module, world: int, device) -> list[float]:
     return [g.item() for g in gathered]
 
 
-def count_correct(model: nn.Module, loader, device) -> tuple[float, float, float, float]:
-    """(top-1 hits, top-5 hits, summed loss, samples) of ``model`` over ``loader``, in eval mode."""
+def count_correct(model: nn.Module, batches: Iterable, device, compute: Optional[Compute] = None) -> tuple[float, float, float, float]:
+    """(top-1 hits, top-5 hits, summed loss, samples) of ``model`` over ``batches``, in eval mode."""
     model.eval()
-    correct1 = correct5 = loss_sum = count = 0.0
+    correct1 = torch.zeros((), dtype=torch.float64, device=device)
+    correct5, loss_sum, count = torch.zeros_like(correct1), torch.zeros_like(correct1), 0
     # cached(): each masked weight is computed once for the whole evaluation, not per batch.
     with torch.no_grad(), torch.nn.utils.parametrize.cached():
-        for x, y in loader:
+        for x, y in batches:
             x, y = x.to(device), y.to(device)
-            out = model(x)
-            loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").item()
+            if compute is not None:
+                with compute.autocast():
+                    out = model(compute.input(x)).float()
+            else:
+                out = model(x)
+            loss_sum += nn.functional.cross_entropy(out, y, reduction="sum").double()
             top = out.topk(min(5, out.shape[1]), dim=1).indices
-            correct1 += (top[:, 0] == y).sum().item()
-            correct5 += (top == y[:, None]).any(dim=1).sum().item()
+            correct1 += (top[:, 0] == y).sum()
+            correct5 += (top == y[:, None]).any(dim=1).sum()
             count += len(y)
-    return correct1, correct5, loss_sum, count
+    return correct1.item(), correct5.item(), loss_sum.item(), float(count)
 
 
-def evaluate(model: nn.Module, val_ds, batch_size: int, rank: int, world: int, device) -> dict:
-    """Top-1/top-5/loss over the whole val set, each rank scoring a disjoint stride (exact)."""
-    shard = Subset(val_ds, range(rank, len(val_ds), world))
-    counts = count_correct(model, DataLoader(shard, batch_size=batch_size, shuffle=False), device)
+def evaluate(model: nn.Module, val_feed, device, compute: Optional[Compute] = None) -> dict:
+    """Top-1/top-5/loss over the whole val set, each rank scoring its own disjoint stride (exact)."""
+    counts = count_correct(model, val_feed.batches(), device, compute)
     correct1, correct5, loss_sum, count = all_reduce(list(counts), device)
     return {"accuracy": correct1 / count, "top5": correct5 / count, "val_loss": loss_sum / count}
 
@@ -63,23 +72,40 @@ def top1(model: nn.Module, loader, device=torch.device("cpu")) -> float:
     return correct1 / count
 
 
-def train_one_epoch(model, loader, optimizer, device, epoch: int, print_freq: int, rank: int) -> float:
+@dataclass
+class TrainStep:
+    """One optimizer step on a batch: forward under autocast, the loss, backward (scaled with
+    fp16), the step, and the per-batch part of the LR schedule."""
+
+    model: nn.Module  # what trains: DDP-wrapped with several ranks, compiled when asked
+    optimizer: torch.optim.Optimizer
+    compute: Compute
+    criterion: Criterion
+    lr_schedule: LRSchedule
+
+    def __call__(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.optimizer.zero_grad(set_to_none=True)
+        x = self.compute.input(x)
+        with self.compute.autocast():
+            loss = self.criterion(self.model(x), x, y)
+        self.compute.backward(loss, self.optimizer)
+        self.lr_schedule.batch_end()
+        return loss.detach()
+
+
+def train_one_epoch(step: TrainStep, train_feed, epoch: int, print_freq: int, rank: int) -> float:
     """One pass; the loss stays on the device (no per-batch sync) and is checked once at the end."""
-    model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    step.model.train()
+    loss_sum: float | torch.Tensor = 0.0
     n = 0
-    for i, (x, y) in enumerate(loader):
-        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-        optimizer.zero_grad(set_to_none=True)
-        loss = nn.functional.cross_entropy(model(x), y)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach().double() * len(y)
+    for i, (x, y) in enumerate(train_feed.batches(epoch)):
+        loss = step(x, y)
+        loss_sum = loss_sum + loss.double() * len(y)
         n += len(y)
         if rank == 0 and print_freq and i % print_freq == 0:
-            lr = optimizer.param_groups[0]["lr"]
-            log.info("Training Epoch: %d [%d/%d]\tLoss: %.4f\tLR: %.6f", epoch, i, len(loader), loss.item(), lr)
-    mean = loss_sum.item() / max(n, 1)
+            lr = step.optimizer.param_groups[0]["lr"]
+            log.info("Training Epoch: %d [%d/%d]\tLoss: %.4f\tLR: %.6f", epoch, i, len(train_feed), loss.item(), lr)
+    mean = float(loss_sum) / max(n, 1)
     if not math.isfinite(mean):
         raise FloatingPointError(f"training loss became {mean} in epoch {epoch}")
     return mean

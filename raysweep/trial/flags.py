@@ -9,6 +9,8 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from raysweep.config import RunConfig
+from raysweep.trial.optim import LR_SCHEDULES
+from raysweep.trial.precision import PRECISIONS
 
 
 def str2bool(value: str) -> bool:
@@ -38,6 +40,16 @@ def base_parser(prog: str, description: str, defaults: RunConfig) -> argparse.Ar
     add("--lr", type=float, default=defaults.lr)
     add("--wd", type=float, default=defaults.wd, help="weight decay")
     add("--lr_decay_milestones", type=milestones, default=defaults.lr_decay_milestones, help="e.g. 40,70,90 (gamma 0.1)")
+    add("--lr_schedule", choices=sorted(LR_SCHEDULES), default=defaults.lr_schedule,
+        help="multistep (gamma 0.1 at --lr_decay_milestones) or cosine (per batch to 0, after --warmup_epochs)")
+    add("--warmup_epochs", type=float, default=defaults.warmup_epochs, help="cosine: linear warm-up epochs (fractions allowed)")
+    add("--label_smoothing", type=float, default=defaults.label_smoothing, help="cross-entropy label smoothing in [0, 1)")
+    add("--distill_alpha", type=float, default=defaults.distill_alpha,
+        help="weight in [0, 1] of distillation from the --weight_file model (Hinton et al. 2015); 0: off")
+    add("--distill_temperature", type=float, default=defaults.distill_temperature, help="softmax temperature of distillation")
+    add("--precision", choices=list(PRECISIONS), default=defaults.precision, help="fp32, bf16 (autocast) or fp16 (autocast + GradScaler, CUDA only)")
+    add("--channels_last", type=str2bool, nargs="?", const=True, default=defaults.channels_last, help="NHWC memory format (true/false)")
+    add("--compile", type=str2bool, nargs="?", const=True, default=defaults.compile, help="torch.compile the model (true/false)")
     add("--print_freq", type=int, default=defaults.print_freq, help="log every N batches")
     add("--log_tag", default=defaults.log_tag, help="suffix of the run name")
     add("--seed", type=int, default=defaults.seed)
@@ -46,7 +58,8 @@ def base_parser(prog: str, description: str, defaults: RunConfig) -> argparse.Ar
     add("--resume", default=None, metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint (its saved config is used)")
     add("--workers", type=int, default=1, help="Ray Train workers = DDP processes")
     add("--cpus_per_worker", type=float, default=1.0)
-    add("--use_gpu", action="store_true", help="one GPU per worker, NCCL")
+    add("--use_gpu", action="store_true", help="train on CUDA GPUs, NCCL")
+    add("--gpus_per_worker", type=float, default=defaults.gpus_per_worker, help="with --use_gpu: GPU share per worker (0.5: two workers per GPU)")
     add("--sync_bn", action="store_true", help="SyncBatchNorm across workers (GPU only)")
     add("--max_failures", type=int, default=defaults.max_failures, help="worker-group restarts from the last checkpoint")
     add("--output", default=defaults.output, help="parent folder of run directories")
@@ -64,6 +77,9 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
         sync_bn=args.sync_bn, max_failures=args.max_failures, print_freq=args.print_freq,
         log_tag=args.log_tag, output=args.output, name=args.name,
+        lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
+        distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature, precision=args.precision,
+        channels_last=args.channels_last, compile=args.compile, gpus_per_worker=args.gpus_per_worker,
     )
 
 

@@ -2,28 +2,33 @@
 and every sweep trial, whichever session (raysweep.trial.sessions) it runs in.
 
 ``run_loop`` reads as the steps of a run: data and model, starting weights, pruning (allocation,
-N:M permutation, masks -- before the DDP wrap), the resumed state, DDP, optimizer, loader, then
-per epoch the schedule, a pass of SGD, evaluation, and a report with a checkpoint.
+N:M permutation, masks -- before the DDP wrap), the resumed state, the feeds (batches on the
+device, raysweep.data), the training set-up (memory format, DDP, optimizer, LR schedule, the
+distillation teacher, compilation), then per epoch the schedule, a pass of SGD, evaluation,
+and a report with a checkpoint.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, DistributedSampler
 
 import pruners
-from pruners.allocation import resolve_allocation
 from raysweep.config import RunConfig
-from raysweep.data import build_datasets
+from raysweep.data import Feeds, build_datasets, build_feeds
 from raysweep.models import create_model
 from raysweep.trial.checkpoint import Checkpoint, load_weights
-from raysweep.trial.epoch import evaluate, rank_checksums, train_one_epoch
+from raysweep.trial.distill import Criterion, load_teacher
+from raysweep.trial.epoch import TrainStep, evaluate, rank_checksums, train_one_epoch
+from raysweep.trial.optim import build_lr_schedule, build_optimizer
+from raysweep.trial.precision import Compute, compiled
+from raysweep.trial.pruning import Pruning, set_up_pruning
 from raysweep.trial.sessions import LoopSession
 
 log = logging.getLogger("raysweep.loop")
@@ -32,16 +37,6 @@ REPORTED_FIGURES = (
     "sparsity", "sparsity_conv", "sparsity_seed", "params_total", "params_remaining",
     "macs_dense", "macs_remaining", "flops_ratio",
 )  # fmt: skip
-
-
-@dataclass
-class Pruning:
-    """What a run's pruning set up: its schedule, and the columns every report carries
-    (allocation, ``ratio/<param>``, ``target_sparsity``, ``nm_permute_gain``)."""
-
-    schedule: Any = None  # a pruners schedule; None for plain training
-    columns: dict[str, Any] = field(default_factory=dict)
-    nm_permute_gain: Optional[float] = None
 
 
 @dataclass
@@ -69,11 +64,15 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
     torch.set_num_threads(max(1, int(cfg.cpus_per_worker)))
     torch.manual_seed(cfg.seed)
     device = session.device()
+    compute = Compute(cfg.precision, device, cfg.channels_last)  # fp16 without CUDA stops here
 
     train_ds, val_ds, info = build_datasets(cfg.dataset, cfg.data_root)
-    model = create_model(cfg.model, num_classes=info.num_classes, dataset=cfg.dataset, pretrained=cfg.pretrained)
+    new_model = functools.partial(create_model, cfg.model, num_classes=info.num_classes, dataset=cfg.dataset, pretrained=cfg.pretrained)
+    model = new_model()
     if cfg.weight_file:
         load_weights(model, cfg.weight_file)
+    if cfg.sync_bn and world > 1:  # before the masks: converting copies BatchNorm weights, masked ones too
+        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
     example = torch.zeros((1, *info.input_size))
     saved = session.resume_state()  # applied once the masks exist
     pruning = set_up_pruning(model, cfg, example, rank, saved)
@@ -82,24 +81,18 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
         model.load_state_dict(saved.model)
         if rank == 0:
             log.info("resumed from the checkpoint of epoch %d", progress.epoch)
-
-    if cfg.sync_bn and world > 1:
-        model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    model = session.prepare_model(model)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.wd)
-    lr_scheduler = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=list(cfg.lr_decay_milestones), gamma=0.1)
-    if saved is not None and saved.optimizer is not None:
-        optimizer.load_state_dict(saved.optimizer)
-        lr_scheduler.load_state_dict(saved.lr_scheduler)
-    sampler = DistributedSampler(train_ds, num_replicas=world, rank=rank, shuffle=True, seed=cfg.seed)
-    loader = session.prepare_data_loader(DataLoader(train_ds, batch_size=per_worker_batch(cfg, world), sampler=sampler))
-
     if saved is not None and progress.epoch + 1 >= cfg.epochs:
         # Restarted after its last epoch (e.g. a resumed sweep whose driver died before
         # seeing this report): report the final metrics again so the caller gets them.
         session.report(saved.metrics, None, progress.epoch)
         return
-    run = _Run(cfg, session, model, optimizer, lr_scheduler, loader, sampler, val_ds, example, tuple(info.input_size), device, pruning, progress)
+
+    feeds = build_feeds(train_ds, val_ds, info, device=device, batch_size=per_worker_batch(cfg, world), seed=cfg.seed,
+                        rank=rank, world=world, cpus=cfg.cpus_per_worker)  # fmt: skip
+    if rank == 0:
+        log.info("data: %s; %s, channels_last %s, compile %s", feeds.where, cfg.precision, cfg.channels_last, cfg.compile)
+    run = _Run(cfg, session, model, compute, feeds, example, tuple(info.input_size), pruning, progress)
+    run.set_up_training(new_model, saved)
     for epoch in range(progress.epoch + 1, cfg.epochs):
         run.epoch(epoch)
 
@@ -108,80 +101,53 @@ def per_worker_batch(cfg: RunConfig, world: int) -> int:
     return max(1, cfg.batch_size // world)
 
 
-def set_up_pruning(model: nn.Module, cfg: RunConfig, example: torch.Tensor, rank: int, saved: Optional[Checkpoint]) -> Pruning:
-    """Per-layer targets (an allocation resolved on the loaded weights), the N:M permutation,
-    and the masks, attached dense (fraction 0) for the schedule to fill."""
-    if not cfg.method:
-        return Pruning()
-    pruning = Pruning(schedule=pruners.get_schedule(cfg.schedule, **cfg.schedule_params))
-    if cfg.allocation:
-        # Weight-ranked families (lamp, global_magnitude) need the loaded dense weights.
-        cfg.targets = resolve_allocation(model, cfg.method, cfg.targets, cfg.allocation)
-        pruning.columns.update(allocation=cfg.allocation["family"], global_target=cfg.allocation["target"])
-    if cfg.nm_permute and cfg.method == "nm":
-        gain = saved.nm_permute_gain if saved is not None else None
-        pruning.nm_permute_gain = _permute_for_nm(model, cfg, example, rank) if gain is None else gain
-        pruning.columns["nm_permute_gain"] = pruning.nm_permute_gain
-    resolved = pruners.resolve_targets(model, cfg.targets)
-    pruning.columns.update({f"ratio/{k}": v for k, v in resolved.items()})
-    pruning.columns["target_sparsity"] = target_sparsity(model, resolved)
-    report = pruners.prepare(model, cfg.targets, cfg.method, fraction=0.0, enforce=True)
-    if rank == 0:
-        for name, reason in report.skipped.items():
-            log.warning("%s left dense: %s", name, reason)
-    return pruning
-
-
-def target_sparsity(model: nn.Module, targets: dict[str, Any]) -> float:
-    """The prunable-weight sparsity the targets ask for (M:N as 1 - N/M), for progress tables."""
-    params = dict(model.named_parameters())
-    total = removed = 0.0
-    for name in pruners.prunable_parameters(model):
-        numel = params[name].numel()
-        total += numel
-        target = targets.get(name, 0.0)
-        if isinstance(target, str):
-            m, n = pruners.parse_nm(target)
-            removed += numel * (1 - n / m)
-        else:
-            removed += pruners.selection.count_for_ratio(float(target), numel)
-    return removed / total if total else 0.0
-
-
 @dataclass
 class _Run:
     """Everything an epoch needs, built once by ``run_loop``."""
 
     cfg: RunConfig
     session: LoopSession
-    model: nn.Module  # as the session prepared it (DDP-wrapped with several ranks)
-    optimizer: torch.optim.Optimizer
-    lr_scheduler: Any
-    loader: Any
-    sampler: DistributedSampler
-    val_ds: Any
+    core: nn.Module  # the model itself (masks attached), inside any DDP wrapper
+    compute: Compute
+    feeds: Feeds
     example: torch.Tensor
     input_size: tuple[int, ...]
-    device: torch.device
     pruning: Pruning
     progress: Progress
+    model: Optional[nn.Module] = None  # as the session prepared it: DDP-wrapped with several ranks; evaluated
+    step: Optional[TrainStep] = None  # trains ``model``, compiled when asked
 
     @property
-    def core(self) -> nn.Module:
-        return self.model.module if isinstance(self.model, nn.parallel.DistributedDataParallel) else self.model
+    def device(self) -> torch.device:
+        return self.compute.device
+
+    def set_up_training(self, new_model: Callable[[], nn.Module], saved: Optional[Checkpoint]) -> None:
+        """Memory format, DDP, optimizer, LR schedule, teacher, compilation; the saved state last,
+        so the RNG continues exactly where the checkpoint left it."""
+        cfg = self.cfg
+        self.model = self.session.prepare_model(self.compute.model(self.core))
+        optimizer = build_optimizer(self.model.parameters(), cfg)
+        lr_schedule = build_lr_schedule(optimizer, cfg, len(self.feeds.train))
+        teacher = load_teacher(cfg, new_model, self.compute) if cfg.distill_alpha > 0 else None
+        self.step = TrainStep(compiled(self.model, cfg.compile), optimizer, self.compute, Criterion(cfg, teacher), lr_schedule)
+        if saved is not None:
+            if saved.optimizer is not None:
+                optimizer.load_state_dict(saved.optimizer)
+                lr_schedule.load_state_dict(saved.lr_scheduler)
+            self.compute.load_state_dict(saved.scaler)
+            _set_rng_state(saved.rng, self.device)
 
     def epoch(self, epoch: int) -> None:
         """Schedule, train, evaluate, report (rank 0's report carries the checkpoint)."""
-        cfg, rank, world = self.cfg, self.session.world_rank, self.session.world_size
+        cfg, rank = self.cfg, self.session.world_rank
         schedule = self.pruning.schedule
         phase = schedule.phase(epoch) if schedule else None
         if phase is not None and phase.recompute:
             pruners.step(self.core, fraction=phase.fraction, enforce=phase.enforce)
-        self.sampler.set_epoch(epoch)
         start = time.perf_counter()
-        train_loss = train_one_epoch(self.model, self.loader, self.optimizer, self.device, epoch, cfg.print_freq, rank)
-        val = evaluate(self.model, self.val_ds, per_worker_batch(cfg, world), rank, world, self.device)
-        self.lr_scheduler.step()
+        train_loss = train_one_epoch(self.step, self.feeds.train, epoch, cfg.print_freq, rank)
+        val = evaluate(self.model, self.feeds.val, self.device, self.compute)
+        self.step.lr_schedule.epoch_end()
         self.progress.train_s += time.perf_counter() - start
         self.progress.epoch = epoch
         final = schedule is None or (epoch >= schedule.final_epoch and phase.enforce)
@@ -201,13 +167,14 @@ class _Run:
             "epoch": epoch, "train_loss": train_loss, **val, "final": bool(final),
             # Checkpoints are ranked on this: epochs before the final sparsity never win.
             "score": val["accuracy"] if final else -1.0,
-            "best_accuracy": self.progress.best_accuracy, "lr": self.optimizer.param_groups[0]["lr"],
+            "best_accuracy": self.progress.best_accuracy, "lr": self.step.optimizer.param_groups[0]["lr"],
             "train_s": self.progress.train_s, "world_size": world,
             # max - min over ranks of sum|w|: exactly 0 when DDP keeps every rank identical.
             "rank_weight_spread": _spread(rank_checksums(self.core, world, self.device)),
             "node_id": self.session.node_id() if rank == 0 else "",
             **{k: figures[k] for k in REPORTED_FIGURES if k in figures},
             "method": cfg.method or "dense", "schedule": cfg.schedule if cfg.method else "",
+            "precision": cfg.precision, "distill_alpha": cfg.distill_alpha, "distill_temperature": cfg.distill_temperature,
             **self.pruning.columns,
         }  # fmt: skip
         if cfg.measure_latency and rank == 0 and epoch == cfg.epochs - 1:
@@ -219,9 +186,25 @@ class _Run:
             model=self.core.state_dict(), config=self.cfg.to_dict(), epoch=self.progress.epoch, metrics=metrics,
             history=self.progress.history, best_accuracy=self.progress.best_accuracy, train_s=self.progress.train_s,
             layers=[_plain(row) for row in pruners.layer_table(self.core, self.example)],
-            optimizer=self.optimizer.state_dict(), lr_scheduler=self.lr_scheduler.state_dict(),
-            nm_permute_gain=self.pruning.nm_permute_gain,
+            optimizer=self.step.optimizer.state_dict(), lr_scheduler=self.step.lr_schedule.state_dict(),
+            nm_permute_gain=self.pruning.nm_permute_gain, scaler=self.compute.state_dict(), rng=_rng_state(self.device),
         )  # fmt: skip
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    """The global torch RNGs after an epoch (dropout and any random op in a model draw from them)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def _set_rng_state(state: Optional[dict[str, torch.Tensor]], device: torch.device) -> None:
+    if not state:  # a checkpoint written before it carried the RNG: the seed's stream restarts
+        return
+    torch.set_rng_state(state["cpu"])
+    if device.type == "cuda" and "cuda" in state:
+        torch.cuda.set_rng_state(state["cuda"], device)
 
 
 def _spread(values: list[float]) -> float:
@@ -239,21 +222,6 @@ def _attach_run_log(run_dir: Optional[str]) -> None:
     handler.setFormatter(logging.Formatter("[%(asctime)s] %(levelname)s: %(message)s", "%m/%d %H:%M:%S"))
     log.addHandler(handler)
     log.setLevel(logging.INFO)
-
-
-def _permute_for_nm(model: nn.Module, cfg: RunConfig, example: torch.Tensor, rank: int) -> float:
-    """Reorder input channels (and their producers) so N:M keeps more |w|; same function.
-
-    Bounded by rounds, not time, so every DDP rank computes the same permutation."""
-    from pruners.nm_permute import permute_for_nm
-
-    found = permute_for_nm(model, cfg.targets, example, time_budget_s=None, seed=cfg.seed)
-    if rank == 0:
-        log.info("N:M channel permutation: retained magnitude %+.2f%% (%d groups, %.1f s)",
-                 100 * found.gain, len(found.groups), found.seconds)  # fmt: skip
-        for name, why in found.skipped.items():
-            log.info("  %s not permuted: %s", name, why)
-    return found.gain
 
 
 def _latency(core: nn.Module, input_size, cfg: RunConfig) -> dict[str, float]:

@@ -71,8 +71,30 @@ def check_inputs(cfg: RunConfig) -> None:
         problems.append("--use_gpu given but this machine has no CUDA GPU")
     if cfg.sync_bn and not cfg.use_gpu:
         problems.append("--sync_bn needs --use_gpu (SyncBatchNorm runs on CUDA only)")
+    problems += training_problems(cfg)
     if problems:
         raise RunInputError("\n".join(problems))
+
+
+def training_problems(cfg: RunConfig) -> list[str]:
+    """The recipe's own fields: precision for the device, distillation's teacher, value ranges."""
+    from raysweep.trial.precision import check_precision
+
+    problems = [p for p in [check_precision(cfg.precision, cfg.use_gpu, "--use_gpu is not given")] if p]
+    if cfg.distill_alpha > 0 and not cfg.weight_file:
+        problems.append("--distill_alpha needs a teacher: the dense model's weights (--weight_file)")
+    ranges = {"distill_alpha": (0.0, 1.0, True), "label_smoothing": (0.0, 1.0, False)}
+    for name, (low, high, closed) in ranges.items():
+        value = getattr(cfg, name)
+        if not (low <= value <= high if closed else low <= value < high):
+            problems.append(f"--{name} must be in [{low:g}, {high:g}{']' if closed else ')'}, got {value:g}")
+    if cfg.distill_temperature <= 0:
+        problems.append(f"--distill_temperature must be > 0, got {cfg.distill_temperature:g}")
+    if cfg.warmup_epochs < 0:
+        problems.append(f"--warmup_epochs must be >= 0, got {cfg.warmup_epochs:g}")
+    if cfg.use_gpu and cfg.gpus_per_worker <= 0:
+        problems.append(f"--gpus_per_worker must be > 0 with --use_gpu, got {cfg.gpus_per_worker:g}")
+    return problems
 
 
 def check_fits(cfg: RunConfig, resources: dict[str, float], where: str) -> None:
@@ -84,8 +106,10 @@ def check_fits(cfg: RunConfig, resources: dict[str, float], where: str) -> None:
             f"--workers {cfg.workers} x --cpus_per_worker {cfg.cpus_per_worker:g} needs {need_cpu:g} CPUs; "
             f"{where} has {resources.get('CPU', 0):g}"
         )
-    if cfg.use_gpu and resources.get("GPU", 0) < cfg.workers:
-        raise RunInputError(f"--workers {cfg.workers} with --use_gpu needs {cfg.workers} GPUs; {where} has {resources.get('GPU', 0):g}")
+    need_gpu = cfg.workers * cfg.gpus_per_worker
+    if cfg.use_gpu and resources.get("GPU", 0) + 1e-9 < need_gpu:
+        raise RunInputError(f"--workers {cfg.workers} x --gpus_per_worker {cfg.gpus_per_worker:g} with --use_gpu needs "
+                            f"{need_gpu:g} GPUs; {where} has {resources.get('GPU', 0):g}")  # fmt: skip
 
 
 def build_trainer(
@@ -106,7 +130,8 @@ def build_trainer(
         scaling_config=ray.train.ScalingConfig(
             num_workers=cfg.workers,
             use_gpu=cfg.use_gpu,
-            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": 1} if cfg.use_gpu else {})},
+            # A fraction of a GPU (gpus_per_worker 0.25) lets Ray place several trials on one GPU.
+            resources_per_worker={"CPU": cfg.cpus_per_worker, **({"GPU": cfg.gpus_per_worker} if cfg.use_gpu else {})},
         ),
         run_config=ray.train.RunConfig(
             name=name,

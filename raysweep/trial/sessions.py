@@ -1,7 +1,8 @@
 """Where the training loop runs: in Ray Train's DDP workers, or in a Ray Tune trial's own process.
 
 The loop (``raysweep.trial.loop.run_loop``) talks only to a ``LoopSession``: rank, world size,
-device, the checkpoint to resume from, model/loader preparation and the per-epoch report.
+device, the checkpoint to resume from, model preparation (device, DDP) and the per-epoch report.
+Batches come from raysweep.data's feeds, already on the device and sharded per rank.
 
 * ``TrainSession`` — inside a ``TorchTrainer`` worker (``raysweep.train``/``.prune``, a
   ``trainer`` sweep trial): DDP over the worker group, checkpoints through Ray Train.
@@ -38,8 +39,6 @@ class LoopSession(Protocol):
         """The saved training state to continue from, or None for a fresh start."""
 
     def prepare_model(self, model: nn.Module) -> nn.Module: ...
-
-    def prepare_data_loader(self, loader): ...
 
     def report(self, metrics: dict[str, Any], state: Optional[Checkpoint], epoch: int) -> None:
         """Report one epoch; ``state`` (rank 0 only) becomes the epoch's checkpoint."""
@@ -82,11 +81,6 @@ class TrainSession:
 
         return ray.train.torch.prepare_model(model)
 
-    def prepare_data_loader(self, loader):
-        import ray.train.torch
-
-        return ray.train.torch.prepare_data_loader(loader, add_dist_sampler=False)
-
     def report(self, metrics: dict[str, Any], state: Optional[Checkpoint], epoch: int) -> None:
         import ray.train
 
@@ -125,9 +119,6 @@ class TuneSession:
     def prepare_model(self, model: nn.Module) -> nn.Module:
         return model.to(self.device())
 
-    def prepare_data_loader(self, loader):
-        return loader
-
     def report(self, metrics: dict[str, Any], state: Optional[Checkpoint], epoch: int) -> None:
         import ray.tune
 
@@ -146,13 +137,14 @@ class LocalSession:
     world_rank = 0
     world_size = 1
 
-    def __init__(self, resume: Optional[Checkpoint] = None) -> None:
+    def __init__(self, resume: Optional[Checkpoint] = None, device: str = "cpu") -> None:
         self.reports: list[dict[str, Any]] = []
         self.state: Optional[Checkpoint] = None
         self.resume = resume
+        self._device = torch.device(device)  # "cuda": the benchmarks time a GPU trial without Ray
 
     def device(self) -> torch.device:
-        return torch.device("cpu")
+        return self._device
 
     def node_id(self) -> str:
         return "local"
@@ -161,10 +153,7 @@ class LocalSession:
         return self.resume
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        return model
-
-    def prepare_data_loader(self, loader):
-        return loader
+        return model.to(self._device)
 
     def report(self, metrics: dict[str, Any], state: Optional[Checkpoint], epoch: int) -> None:
         self.reports.append(metrics)

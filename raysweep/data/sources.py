@@ -6,6 +6,10 @@ no data at all. CIFAR-10/100, MNIST and ImageNet-style folders are read from
 ``data_root`` in torchvision's on-disk layouts; the layout is checked *before* any
 torchvision dataset is constructed, so a missing or broken dataset is one
 ``DatasetNotFoundError`` that names the path and the layout expected.
+
+Digits, CIFAR and MNIST also have an in-memory form (``memory_images``): the training loop
+serves them from the trial's device (raysweep.data.device); the per-sample transforms here
+are for plain indexing and for sets too large for that.
 """
 from __future__ import annotations
 
@@ -20,6 +24,8 @@ from typing import Callable
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
+
+from raysweep.data.device import Augment, MemoryImages
 
 log = logging.getLogger(__name__)
 
@@ -97,7 +103,7 @@ def _require_files(name: str, root: Path | None, expected: str, files: list[str]
 # scikit-learn's stratified 80/20 split of the 1,797 digits (``train_test_split(test_size=0.2,
 # random_state=0, stratify=y)``, indices in its order), stored so that loading the data needs no
 # sklearn import: ~2 s in every fresh process (each trial's Ray worker), against ~20 ms for this.
-DIGITS_SPLIT = Path(__file__).with_name("digits_split.npz")
+DIGITS_SPLIT = Path(__file__).resolve().parents[1] / "digits_split.npz"
 
 
 def digits_arrays() -> tuple[np.ndarray, np.ndarray]:
@@ -138,7 +144,7 @@ class CifarPickle(Dataset):
     """
 
     def __init__(
-        self, files: list[Path], label_key: str, transform: Callable | None = None
+        self, files: list[Path], label_key: str, transform: Callable | None = None, device_augment: Augment | None = None
     ) -> None:
         data, targets = [], []
         for f in files:
@@ -149,6 +155,7 @@ class CifarPickle(Dataset):
         self.data = np.concatenate(data).transpose(0, 2, 3, 1)  # HWC for PIL, as torchvision
         self.targets = targets
         self.transform = transform
+        self.device_augment = device_augment  # what ``transform`` does at random, done in batches on the device
         if len(self.data) != len(self.targets):
             raise ValueError(f"{len(self.data)} images but {len(self.targets)} labels")
 
@@ -160,6 +167,10 @@ class CifarPickle(Dataset):
 
         img = Image.fromarray(self.data[i])
         return (self.transform(img) if self.transform else img), self.targets[i]
+
+    def memory_images(self, info: DatasetInfo) -> MemoryImages:
+        images = torch.from_numpy(self.data).permute(0, 3, 1, 2).contiguous()  # HWC -> CHW, uint8
+        return MemoryImages(images, torch.tensor(self.targets, dtype=torch.int64), info.mean, info.std, self.device_augment)
 
 
 _CIFAR_STATS = {
@@ -185,8 +196,9 @@ def _cifar(name: str, root: Path | None, augment: bool) -> tuple[Dataset, Datase
     mean, std = _CIFAR_STATS[name]
     norm = [T.ToTensor(), T.Normalize(mean, std)]
     aug = [T.RandomCrop(32, padding=4), T.RandomHorizontalFlip()] if augment else []
+    device_aug = Augment(pad=4, flip=True) if augment else None
     try:
-        train = CifarPickle([root / folder / f for f in train_files], label_key, T.Compose(aug + norm))
+        train = CifarPickle([root / folder / f for f in train_files], label_key, T.Compose(aug + norm), device_aug)
         val = CifarPickle([root / folder / f for f in val_files], label_key, T.Compose(norm))
     except (pickle.UnpicklingError, EOFError, KeyError, ValueError, TypeError) as e:
         raise _not_found(name, root, expected, f"{type(e).__name__}: {e}") from e
@@ -213,6 +225,23 @@ MNIST_FILES = [
 ]
 
 
+class MnistData(Dataset):
+    """torchvision's MNIST, indexed as it is, with its in-memory form for the device feed."""
+
+    def __init__(self, dataset: Dataset) -> None:
+        self.dataset = dataset
+        self.targets = dataset.targets
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.dataset[i]
+
+    def memory_images(self, info: DatasetInfo) -> MemoryImages:
+        return MemoryImages(self.dataset.data[:, None].contiguous(), self.targets.long(), info.mean, info.std)
+
+
 @register_dataset("mnist")
 def _mnist(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
     """torchvision's raw layout (uncompressed idx files); no augmentation."""
@@ -224,8 +253,8 @@ def _mnist(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetI
     mean, std = (0.1307,), (0.3081,)
     tf = T.Compose([T.ToTensor(), T.Normalize(mean, std)])
     try:
-        train = MNIST(str(root), train=True, transform=tf, download=False)
-        val = MNIST(str(root), train=False, transform=tf, download=False)
+        train = MnistData(MNIST(str(root), train=True, transform=tf, download=False))
+        val = MnistData(MNIST(str(root), train=False, transform=tf, download=False))
     except (RuntimeError, ValueError, AssertionError, OSError) as e:
         raise _not_found("mnist", root, expected, f"{type(e).__name__}: {e}") from e
     return train, val, DatasetInfo("mnist", 10, (1, 28, 28), "mnist", mean, std)
