@@ -47,14 +47,11 @@ class MemoryImages:
         return self.images.numel() * self.images.element_size() + self.labels.numel() * self.labels.element_size()
 
 
-def shard_order(n: int, seed: int, epoch: int, rank: int, world: int, shuffle: bool = True) -> torch.Tensor:
-    """Indices of rank ``rank`` for one epoch, as ``DistributedSampler(shuffle, seed, drop_last=False)``
-    with ``set_epoch(epoch)`` yields them."""
-    if shuffle:
-        g = torch.Generator().manual_seed(seed + epoch)
-        order = torch.randperm(n, generator=g)
-    else:
-        order = torch.arange(n)
+def shard_order(n: int, seed: int, epoch: int, rank: int, world: int) -> torch.Tensor:
+    """Training indices of rank ``rank`` for one epoch, as ``DistributedSampler(shuffle=True, seed,
+    drop_last=False)`` with ``set_epoch(epoch)`` yields them."""
+    g = torch.Generator().manual_seed(seed + epoch)
+    order = torch.randperm(n, generator=g)
     total = math.ceil(n / world) * world
     if total > n:  # pad with the first indices again, as DistributedSampler does
         order = torch.cat([order, order.repeat(math.ceil((total - n) / n))[: total - n]])
@@ -121,13 +118,18 @@ class DeviceFeed:
             std = torch.tensor(data.std or (1.0,), dtype=torch.float32, device=device)[:, None, None]
             mean = torch.tensor(data.mean or (0.0,), dtype=torch.float32, device=device)[:, None, None]
             self.scale, self.shift = 1.0 / (255.0 * std), mean / std
-        self.shard = math.ceil(len(self.labels) / world)  # every rank's share, padding included
+        n = len(self.labels)
+        # Training: every rank's share, DistributedSampler's padding included. Evaluation: a
+        # disjoint stride with no padding, so the counts summed over ranks are exact.
+        self.shard = math.ceil(n / world) if train else len(range(rank, n, world))
 
     def __len__(self) -> int:
         return math.ceil(self.shard / self.batch_size)
 
     def batches(self, epoch: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        order = shard_order(len(self.labels), self.seed, epoch, self.rank, self.world, shuffle=self.train).to(self.device)
+        n = len(self.labels)
+        order = shard_order(n, self.seed, epoch, self.rank, self.world) if self.train else torch.arange(self.rank, n, self.world)
+        order = order.to(self.device)
         draws = None
         if self.augment is not None:
             g = torch.Generator().manual_seed(augment_seed(self.seed, epoch, self.rank))
