@@ -37,6 +37,9 @@ __all__ = ["channel_mask", "group_members"]
 logger = logging.getLogger(__name__)
 
 _DATA: "weakref.WeakKeyDictionary[nn.Module, tuple[list, Any]]" = weakref.WeakKeyDictionary()
+# Models whose groups ``channel_plan`` has just traced: the first masks (``prepare``'s step, right
+# after) need not check the groups again.
+_JUST_PLANNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
 def group_members(model: nn.Module, group: ChannelGroup) -> list[str]:
@@ -88,6 +91,7 @@ def channel_plan(model: nn.Module, resolved: dict[str, Target], example_input: O
         raise ValueError("method 'channel' traces the model: pass example_input= (a batch, e.g. torch.zeros(1, 3, 32, 32))")
     importance = _options(options, model)
     groups = model_groups(model, example_input)
+    _JUST_PLANNED.add(model)
     where = {name: i for i, g in enumerate(groups) for name in group_members(model, g)}
     plan = MaskPlan()
     named: dict[int, dict[str, float]] = defaultdict(dict)
@@ -121,7 +125,9 @@ def channel_masks(model: nn.Module, own: dict[str, tuple], fraction: float) -> d
     shape = first.options.get("input_shape")
     if not shape:
         raise ValueError("channel masks without an input_shape option cannot find their groups")
-    groups = model_groups(model, torch.zeros(list(shape), device=first.mask.device))
+    checked = model in _JUST_PLANNED
+    _JUST_PLANNED.discard(model)
+    groups = model_groups(model, torch.zeros(list(shape), device=first.mask.device), checked=checked)
     importance = get_importance(first.options.get("importance", "l1"))
     targeted = [g for g in groups if g.free and any(n in own for n in group_members(model, g))]
     grads = None

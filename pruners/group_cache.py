@@ -49,10 +49,16 @@ def cached_groups(model: nn.Module, example_input: torch.Tensor) -> tuple[fx.Gra
     return cached[1], cached[2]
 
 
-def model_groups(model: nn.Module, example_input: torch.Tensor) -> list[ChannelGroup]:
-    """``channel_groups`` of ``model``, traced once per model, structure and input shape."""
-    key = _signature(model, example_input)
+def model_groups(model: nn.Module, example_input: torch.Tensor, *, checked: bool = False) -> list[ChannelGroup]:
+    """``channel_groups`` of ``model``, traced once per model, structure and input shape.
+
+    ``checked``: the caller found these groups a moment ago and changed no layer since (``prepare``
+    computing its first masks right after planning them); the cached groups are then taken as they are.
+    """
     cached = _GROUPS.get(model)
+    if checked and cached is not None:
+        return cached[2]
+    key = _signature(model, example_input)
     if cached is not None and cached[0] == key:
         return cached[2]
     graph = trace_run(model, example_input, graph=Tracer().trace(model), shapes_only=True)[0]

@@ -17,7 +17,7 @@ import torch
 import torch.nn as nn
 from torch.nn.utils import parametrize
 
-from pruners.followers import derived_mask, follower_plan, rows_alive
+from pruners.followers import derived_mask, follower_plan, rows_alive, unexpand
 from pruners.plan import MaskPlan, TensorPlan
 from pruners.ratio_config import prunable_modules, resolve_targets
 from pruners.registry import Method, compute_mask, get_method, skip_reason
@@ -182,7 +182,7 @@ def _with_derived(items: Entries, primary: dict[str, torch.Tensor]) -> dict[str,
             follows = [(r, off, 1) for src, off, _ in wm.follows if (r := rows(src)) is not None]
             reads = [(r, off, block) for src, off, block in wm.reads if (r := rows(src)) is not None]
             derived = derived_mask(wm.mask.shape, module, tensor_name, follows, reads)
-            mask = derived if mask is None else mask & derived
+            mask = derived if mask is None else unexpand(mask) & derived  # small when both broadcast
         if mask is None:  # no method and nothing to follow (a mask saved without bookkeeping): kept as is
             mask = wm.mask.clone() if not wm.method else torch.ones_like(wm.mask)
         out[name] = mask.expand(wm.mask.shape)  # broadcast masks are copied into the buffer as they are
@@ -214,6 +214,8 @@ def _step(model: nn.Module, fraction: float, enforce: bool, fresh: set[str]) -> 
     masks = _with_derived(items, _primary_masks(model, items, effective, fraction))
     for name, (module, tensor_name, wm) in items.items():
         wm.mask.copy_(masks[name])
-        module.parametrizations[tensor_name].original.mul_(wm.mask.view(torch.uint8))
+        original = module.parametrizations[tensor_name].original
+        small = unexpand(masks[name])  # a row/column mask multiplies by broadcasting, not element by element
+        original.mul_(small.to(original.dtype) if small.numel() < wm.mask.numel() else wm.mask.view(torch.uint8))
         wm.enforced.fill_(bool(enforce))
     logger.debug("step: %d mask(s) at fraction %.3f, enforce=%s", len(items), fraction, enforce)
