@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from raysweep import storage
 from raysweep.speed.export import ExportInputError, export_checkpoint
 
 
@@ -43,8 +44,9 @@ def _print_summary(s: dict[str, Any]) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raysweep.export", description=__doc__.split("\n")[0])
     parser.add_argument("checkpoint", help="final.pt / best.pt of a run, a run directory, a sweep trial's folder "
-                        "(<sweep>/trials/<id>), a trial id with --sweep, or a state dict (with --model)")
-    parser.add_argument("--sweep", help="a sweep's folder (<storage>/<name>): CHECKPOINT is then one of its trial ids")
+                        "(<sweep>/trials/<id>), a checkpoint, a trial id with --sweep, or a state dict (with --model); "
+                        "a path or a storage URI (s3://bucket/prefix/<name>/trials/<id>)")
+    parser.add_argument("--sweep", help="a sweep's folder or URI (<storage>/<name>): CHECKPOINT is then one of its trial ids")
     parser.add_argument("--out", required=True, help="output file (.pt2)")
     parser.add_argument("--model", help="registry model name (default: from the checkpoint's config)")
     parser.add_argument("--dataset", help="dataset name, picks the model family (default: from the config)")
@@ -60,8 +62,13 @@ def main(argv: list[str] | None = None) -> int:
     if Path(args.out).is_dir():
         print(f"error: --out {args.out} is a directory; give a file name", file=sys.stderr)
         return 2
-    checkpoint = str(Path(args.sweep) / "trials" / args.checkpoint) if args.sweep else args.checkpoint
+    checkpoint = str(storage.join(args.sweep, "trials", args.checkpoint)) if args.sweep else args.checkpoint
     try:
+        if storage.is_uri(checkpoint):  # an endpoint that does not answer: one message, not minutes of retries
+            try:
+                storage.probe(str(storage.parent(checkpoint)), storage.storage_timeout())
+            except ValueError as exc:
+                raise ExportInputError(str(exc)) from None
         summary = export_checkpoint(checkpoint, args.out, model=args.model, dataset=args.dataset,
                                     do_compact=args.do_compact, fold_borders=args.fold_borders,
                                     latency=args.latency, threads=args.threads)

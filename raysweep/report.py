@@ -1,10 +1,9 @@
-"""``python -m raysweep.report EXPERIMENT_DIR``: rebuild trials.csv, pareto.csv, report.md/html
-and pareto.png from a finished or interrupted sweep."""
+"""``python -m raysweep.report EXPERIMENT``: rebuild trials.csv, pareto.csv, report.md/html
+and pareto.png from a finished or interrupted sweep, in its folder or at its storage URI."""
 from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 from typing import Optional
 
 PROG = "python -m raysweep.report"
@@ -12,11 +11,20 @@ PROG = "python -m raysweep.report"
 
 def main(argv: Optional[list[str]] = None) -> int:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
-    p.add_argument("experiment", help="the experiment folder, <storage>/<name>")
+    p.add_argument("experiment", help="the experiment, <storage>/<name>: a folder, or a URI such as s3://bucket/prefix/<name>")
     p.add_argument("--objective", action="append", default=None, metavar="COLUMN:MODE", help="e.g. accuracy:max (repeatable; default: the sweep's objectives)")
     args = p.parse_args(argv)
-    exp_dir = Path(args.experiment).expanduser().resolve()
-    if not exp_dir.is_dir():
+    from raysweep import storage
+
+    exp_dir = storage.absolute(args.experiment)
+    try:
+        if storage.is_uri(exp_dir):
+            storage.probe(str(exp_dir), storage.storage_timeout())
+        found = storage.is_dir(exp_dir)
+    except (ValueError, OSError) as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    if not found:
         print(f"{PROG}: error: no experiment folder at {exp_dir}", file=sys.stderr)
         return 2
     objectives = None

@@ -53,11 +53,18 @@ def no_ray(monkeypatch):
 
 
 @pytest.fixture(scope="session")
-def ray_local():
-    """A 2-CPU local Ray with the dashboard on loopback, shut down at the end of the session."""
+def ray_local(request):
+    """A 2-CPU local Ray with the dashboard on loopback, shut down at the end of the session.
+    Started after the session's S3 server (where moto is installed), so that its workers see the
+    AWS variables as a cloud node sees its bucket's."""
+    import importlib.util
+
     import ray
 
     from raysweep.ray_env import apply_ray_env_defaults
+
+    if importlib.util.find_spec("moto") is not None and not ray.is_initialized():
+        request.getfixturevalue("s3")
 
     apply_ray_env_defaults()
     os.environ.setdefault("RAY_DEDUP_LOGS", "1")
@@ -113,11 +120,16 @@ def outcome(request):
     return check
 
 
-def _checkpointed_epochs(exp: Path) -> dict[str, int]:
+def _checkpointed_epochs(exp) -> dict[str, int]:
     """Trial id -> the last epoch checkpointed, for a sweep's trials that have one (all keep
-    them under ``trials/<id>/``)."""
-    from raysweep.trial.checkpoint import CheckpointError, read_checkpoint
+    them under ``trials/<id>/``). ``exp`` may be a storage URI: its checkpoints count once whole."""
+    from raysweep import storage
+    from raysweep.trial.checkpoint import CheckpointError, CheckpointFolder, read_checkpoint
 
+    if storage.is_uri(exp):
+        trials = [e.name for e in storage.listdir(storage.join(exp, "trials")) if e.is_dir]
+        saved = {t: CheckpointFolder(storage.join(exp, "trials", t))._saved() for t in trials}
+        return {t: s[-1][0] for t, s in saved.items() if s}
     found = list(exp.glob("trials/*/checkpoint_epoch*/checkpoint.pt"))
     epochs: dict[str, int] = {}
     for path in found:
@@ -133,3 +145,24 @@ def _checkpointed_epochs(exp: Path) -> dict[str, int]:
 @pytest.fixture(scope="session")
 def checkpointed_epochs():
     return _checkpointed_epochs
+
+
+@pytest.fixture(scope="session")
+def s3(tmp_path_factory):
+    """A real S3 API on loopback for the whole session: moto's server (tests/s3server.py), with
+    authentication on. The standard AWS variables point this process, and what it starts, at it."""
+    pytest.importorskip("moto.server", reason="moto[server] is in the test extra")
+    from s3server import MotoS3
+
+    server = MotoS3(tmp_path_factory.mktemp("s3")).start()
+    saved = {k: os.environ.get(k) for k in server.env}
+    os.environ.update(server.env)
+    try:
+        yield server
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        server.stop()

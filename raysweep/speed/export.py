@@ -23,7 +23,8 @@ from raysweep.errors import first_line
 from raysweep.speed.latency import measure_pair
 from raysweep.speed.program import load_exported, save_model
 from raysweep.speed.semi_structured import semi_structured_check
-from raysweep.trial.checkpoint import CheckpointError, CheckpointFolder, read_weights
+from raysweep import storage
+from raysweep.trial.checkpoint import CHECKPOINT_FILE, CheckpointError, CheckpointFolder, read_weights
 
 log = logging.getLogger("raysweep.export")
 
@@ -47,20 +48,21 @@ def load_checkpoint(path: str | Path, model: str | None = None, dataset: str | N
     """The masked model of a raysweep checkpoint, and ``{"model", "dataset", "input_size", "path"}``.
 
     ``path`` is a checkpoint file, a run directory (its ``final.pt``) or a sweep trial's folder
-    (``<sweep>/trials/<id>``: its newest checkpoint). The model name and dataset come from
+    (``<sweep>/trials/<id>``: its newest checkpoint), local or at a storage URI. The model name and dataset come from
     ``model``/``dataset`` if given, else the checkpoint's config, else the ``config.json``
     beside it. Every problem is an ``ExportInputError``.
     """
     from raysweep.models import create_model, model_info
 
-    path = checkpoint_path(Path(path))
+    path = checkpoint_path(path)
     try:
         state, checkpoint = read_weights(path)
     except CheckpointError as exc:
         raise ExportInputError(str(exc)) from None
     config = checkpoint.config if checkpoint is not None and checkpoint.config else None
-    if config is None and (path.parent / "config.json").is_file():
-        config = json.loads((path.parent / "config.json").read_text())
+    beside = storage.join(storage.parent(path), "config.json")
+    if config is None and storage.is_file(beside):
+        config = json.loads(storage.read_text(beside))
     config = config or {}
     name, dataset = model or config.get("model"), dataset or config.get("dataset")
     if not name:
@@ -80,12 +82,15 @@ def load_checkpoint(path: str | Path, model: str | None = None, dataset: str | N
     return net.eval(), {"model": name, "dataset": dataset, "input_size": input_size, "path": str(path)}
 
 
-def checkpoint_path(path: Path) -> Path:
-    """The file behind a run directory (``final.pt``) or a sweep trial's folder (its newest)."""
-    if not path.is_dir():
+def checkpoint_path(path: storage.Location) -> storage.Location:
+    """The file behind a run directory (``final.pt``), a checkpoint folder (its ``checkpoint.pt``)
+    or a sweep trial's folder (its newest); any of them may be a storage URI (raysweep.storage)."""
+    path = storage.location(path)
+    if not storage.is_dir(path):
         return path
-    if (path / "final.pt").is_file():
-        return path / "final.pt"
+    for name in ("final.pt", CHECKPOINT_FILE):
+        if storage.is_file(storage.join(path, name)):
+            return storage.join(path, name)
     newest = CheckpointFolder(path).newest_path()
     if newest is None:
         raise ExportInputError(f"{path} holds no checkpoint: neither a run directory (final.pt) nor a sweep trial's "

@@ -32,7 +32,7 @@ import torch
 import torch.distributed
 from ray.tune import Callback
 
-from raysweep import ray_env
+from raysweep import ray_env, storage
 from raysweep.config import RunConfig
 from raysweep.sweep.dispatcher import IDLE, IDLE_WAIT_S, MAX_ATTEMPTS, TrialDispatcher
 from raysweep.sweep.executors import Executor, SweepContext, register_executor, trial_folder
@@ -78,7 +78,7 @@ class PoolSession(TrainSession):
     def __init__(self, dispatcher, job: dict[str, Any], served: int) -> None:
         super().__init__()
         self.dispatcher, self.trial_id = dispatcher, job["trial_id"]
-        self.checkpoints = CheckpointFolder(Path(job["checkpoint_dir"]))
+        self.checkpoints = CheckpointFolder(job["checkpoint_dir"])
         self.extra = {"slot": job["slot"], "slot_trial": served}
 
     def resume_state(self) -> Optional[Checkpoint]:
@@ -126,7 +126,7 @@ def serve(config: dict[str, Any]) -> None:
         if job == IDLE:
             continue
         try:
-            with trial_log(Path(job["checkpoint_dir"])) if rank == 0 else contextlib.nullcontext():
+            with trial_log(job["checkpoint_dir"]) if rank == 0 else contextlib.nullcontext():
                 run_loop({"run": job["run"], "run_dir": ""}, PoolSession(dispatcher, {**job, "slot": slot}, served))
         except TrialCancelled:
             pass
@@ -189,7 +189,7 @@ class WorkerPool:
         self.base, self.slots, self.budget, self.preload = base, slots, budget, preload
         self.name = dispatcher_name(exp_dir)
         # A fresh Ray Train run name each time the sweep (re)starts: never a resumed slot.
-        self.storage = exp_dir / "pool" / time.strftime("%Y%m%d-%H%M%S")
+        self.storage = storage.join(exp_dir, "pool", time.strftime("%Y%m%d-%H%M%S"))
         self.dispatcher = None
         self.tasks: list = []
 
@@ -290,5 +290,8 @@ class PoolExecutor(Executor):
 
 
 def preload_modules(base: RunConfig) -> list[str]:
-    """Modules every trial of the sweep imports: the loop's own."""
-    return ["raysweep.trial.loop"]
+    """Modules every trial of the sweep imports: the loop's own, and a model's or a dataset's
+    given by import path (one the workers cannot import fails their group at its start)."""
+    from raysweep.models import module_of
+
+    return ["raysweep.trial.loop", *filter(None, (module_of(base.model), module_of(base.dataset)))]

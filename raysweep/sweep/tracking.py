@@ -1,0 +1,194 @@
+"""The sweep in the experiment trackers people already use, turned on by the space's ``tracking``
+section and built on Ray Tune's own logger callbacks:
+
+* ``mlflow`` -- one MLflow run per trial (its config as parameters, every epoch's metrics,
+  Tune's ``MLflowLoggerCallback``), nested under one parent run for the sweep that receives the
+  front and the report files as artifacts once the reports are written. A resumed sweep finds
+  its parent run and its trials' runs again (tags ``raysweep.sweep`` / ``raysweep.trial_id``).
+* ``tensorboard`` -- TensorBoard event files in each trial's folder of the experiment (Tune's
+  ``TBXLoggerCallback``); ``tensorboard --logdir <storage>/<name>`` shows them.
+
+Trackers register by name in ``TRACKERS``. Tracking never stops a sweep: a tracker that fails
+while trials run logs a warning and the sweep goes on.
+"""
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+from ray.air.integrations.mlflow import MLflowLoggerCallback  # imports mlflow only when one is made
+
+from raysweep import storage
+from raysweep.errors import RunInputError, first_line
+from raysweep.space import SearchSpace
+
+log = logging.getLogger("raysweep.tracking")
+
+SWEEP_TAG, TRIAL_TAG, PARENT_TAG = "raysweep.sweep", "raysweep.trial_id", "mlflow.parentRunId"
+
+TRACKERS: dict[str, type["Tracker"]] = {}
+
+
+def register_tracker(name: str) -> Callable[[type["Tracker"]], type["Tracker"]]:
+    def deco(cls: type[Tracker]) -> type[Tracker]:
+        cls.name = name
+        TRACKERS[name] = cls
+        return cls
+
+    return deco
+
+
+class Tracker:
+    """One tracker of one sweep: checked before Ray, started before the trials, Tune callbacks
+    while they run, finished with the sweep's report files."""
+
+    name = ""
+    module = ""  # what must be importable
+    extra = ""  # the pip extra that installs it
+
+    def __init__(self, settings: Any, sweep: str, exp_dir: storage.Location) -> None:
+        self.settings, self.sweep, self.exp_dir = settings, sweep, exp_dir
+
+    @classmethod
+    def check(cls) -> None:
+        if importlib.util.find_spec(cls.module) is None:
+            raise RunInputError(f"tracking.{cls.name} needs {cls.module}, which is not installed: pip install 'raysweep[{cls.extra}]'")
+
+    def start(self) -> None:
+        """Before the trials; a failure here is bad input (exit 2)."""
+
+    def callbacks(self) -> list:
+        return []
+
+    def finish(self, paths: dict[str, storage.Location], summary: dict[str, Any]) -> None:
+        """With the sweep's report files, once they are written."""
+
+
+def enabled(space: SearchSpace) -> dict[str, Any]:
+    """Tracker name -> its settings, for the trackers the space turns on."""
+    tracking = space.tracking
+    on = {"mlflow": tracking.mlflow, "tensorboard": tracking.tensorboard or None}
+    return {k: v for k, v in on.items() if v is not None}
+
+
+def check_tracking(space: SearchSpace) -> None:
+    """Before Ray starts: every tracker the space turns on can be imported."""
+    for name in enabled(space):
+        TRACKERS[name].check()
+
+
+def start_tracking(space: SearchSpace, exp_dir: storage.Location) -> list[Tracker]:
+    trackers = []
+    for name, settings in enabled(space).items():
+        tracker = TRACKERS[name](settings, space.name, exp_dir)
+        tracker.check()
+        tracker.start()
+        trackers.append(tracker)
+    return trackers
+
+
+def finish_tracking(trackers: list[Tracker], paths: dict[str, storage.Location], summary: dict[str, Any]) -> None:
+    for tracker in trackers:
+        try:
+            tracker.finish(paths, summary)
+        except Exception as exc:  # noqa: BLE001 -- the sweep's own files are written; say so and go on
+            log.warning("tracking.%s: could not log the sweep's files: %s", tracker.name, first_line(exc))
+
+
+@register_tracker("tensorboard")
+class TensorBoard(Tracker):
+    module, extra = "tensorboardX", "tensorboard"
+
+    def callbacks(self) -> list:
+        from ray.tune.logger import TBXLoggerCallback
+
+        return [TBXLoggerCallback()]
+
+
+@register_tracker("mlflow")
+class MLflow(Tracker):
+    module, extra = "mlflow", "mlflow"
+
+    def start(self) -> None:
+        from mlflow.tracking import MlflowClient
+
+        uri = self.settings.get("tracking_uri")
+        if uri and uri.startswith("file:"):
+            # MLflow 3 refuses its local file store unless asked: the space asked for a folder.
+            os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+        self.experiment = self.settings.get("experiment") or self.sweep
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            found = client.get_experiment_by_name(self.experiment)
+            experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+            self.parent = self._parent_run(client, experiment_id)
+        except Exception as exc:  # noqa: BLE001 -- unreachable server, bad URI, refused: one message
+            raise RunInputError(f"tracking.mlflow: cannot use MLflow at {uri or 'its default tracking URI'}: {first_line(exc)}") from None
+        self.client, self.experiment_id = client, experiment_id
+        log.info("MLflow: experiment %s, sweep run %s", self.experiment, self.parent)
+
+    def _parent_run(self, client: Any, experiment_id: str) -> str:
+        """The sweep's run: the one a resumed sweep started before, else a new one."""
+        where = f"tags.`{SWEEP_TAG}` = '{self.exp_dir}' and tags.`raysweep.role` = 'sweep'"
+        runs = client.search_runs([experiment_id], filter_string=where, max_results=1)
+        if runs:
+            client.update_run(runs[0].info.run_id, status="RUNNING")
+            return runs[0].info.run_id
+        run = client.create_run(experiment_id, run_name=self.sweep, tags={SWEEP_TAG: str(self.exp_dir), "raysweep.role": "sweep"})
+        client.log_param(run.info.run_id, "experiment", str(self.exp_dir))
+        return run.info.run_id
+
+    def callbacks(self) -> list:
+        return [_TrialRuns(self.settings.get("tracking_uri"), experiment_name=self.experiment,
+                           tags={PARENT_TAG: self.parent, SWEEP_TAG: str(self.exp_dir)})]  # fmt: skip
+
+    def finish(self, paths: dict[str, storage.Location], summary: dict[str, Any]) -> None:
+        with tempfile.TemporaryDirectory(prefix="raysweep-mlflow-") as tmp:
+            for location in [*paths.values(), storage.join(self.exp_dir, "sweep.json")]:
+                if not storage.is_file(location):
+                    continue
+                local = Path(tmp) / storage.name(location)
+                local.write_bytes(storage.read_bytes(location))
+                self.client.log_artifact(self.parent, str(local))
+        for key, value in summary.items():
+            self.client.log_metric(self.parent, key, float(value))
+        self.client.set_terminated(self.parent, "FINISHED" if summary.get("finished") else "FAILED")
+
+
+class _TrialRuns(MLflowLoggerCallback):
+    """Tune's MLflow callback, one run per trial under the sweep's run; a trial that a resumed
+    sweep continues keeps its run. Failures are warnings: tracking never stops a sweep."""
+
+    def log_trial_start(self, trial: Any) -> None:
+        self._guarded(self._start, trial)
+
+    def _start(self, trial: Any) -> None:
+        if trial not in self._trial_runs:
+            self._trial_runs[trial] = self._existing_run(trial) or self.mlflow_util.start_run(
+                tags={**self.tags, TRIAL_TAG: trial.trial_id}, run_name=trial.trial_id).info.run_id  # fmt: skip
+        self.mlflow_util.log_params(run_id=self._trial_runs[trial], params_to_log=trial.config)
+
+    def _existing_run(self, trial: Any) -> Optional[str]:
+        client = self.mlflow_util._get_client()
+        where = f"tags.`{TRIAL_TAG}` = '{trial.trial_id}' and tags.`{PARENT_TAG}` = '{self.tags[PARENT_TAG]}'"
+        runs = client.search_runs([self.mlflow_util.experiment_id], filter_string=where, max_results=1)
+        return runs[0].info.run_id if runs else None
+
+    def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
+        if trial in self._trial_runs:
+            self._guarded(super().log_trial_result, iteration, trial, result)
+
+    def log_trial_end(self, trial: Any, failed: bool = False) -> None:
+        if trial in self._trial_runs:
+            self._guarded(super().log_trial_end, trial, failed)
+
+    @staticmethod
+    def _guarded(fn: Callable, *args: Any) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 -- see the class doc
+            log.warning("tracking.mlflow: %s", first_line(exc))

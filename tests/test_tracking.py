@@ -1,0 +1,46 @@
+"""The space's ``tracking`` section, and what is checked before Ray starts. The runs a tracked
+sweep leaves in MLflow and its TensorBoard event files are read back in tests/test_s3.py, whose
+sweep is tracked (skipped only where mlflow / tensorboardX is not installed)."""
+from __future__ import annotations
+
+import pytest
+
+from raysweep import search
+from raysweep.results.collect import save_sweep_info
+from raysweep.space import SpaceError, load_space
+from raysweep.sweep import tracking
+from raysweep.sweep.inputs import resume_space, sweep_info
+
+pytestmark = pytest.mark.usefixtures("no_ray")
+
+
+def test_the_tracking_section_in_the_space_and_through_set(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    space = load_space(None, ["tracking.mlflow.tracking_uri=mlruns", "tracking.mlflow.experiment=pruning", "tracking.tensorboard=true"])
+    assert space.tracking.mlflow == {"tracking_uri": (tmp_path / "mlruns").as_uri(), "experiment": "pruning"}  # a folder: absolute
+    assert space.tracking.tensorboard and tracking.enabled(space) == {"mlflow": space.tracking.mlflow, "tensorboard": True}
+    served = load_space({"trials": 0, "points": [{"method": "irregular", "ratios": {"*": 0.5}}],
+                         "tracking": {"mlflow": {"tracking_uri": "http://127.0.0.1:5000"}}})  # fmt: skip
+    assert served.tracking.mlflow == {"tracking_uri": "http://127.0.0.1:5000"} and not served.tracking.tensorboard
+    assert load_space(None, ["tracking.mlflow=true"]).tracking.mlflow == {}  # MLflow's own defaults
+    assert tracking.enabled(load_space(None)) == {}
+    with pytest.raises(SpaceError) as err:
+        load_space(None, ["tracking.wandb=true", "tracking.tensorboard=3", "tracking.mlflow=[1]"])
+    assert [p.split(":")[0] for p in err.value.problems] == ["tracking", "tracking.mlflow", "tracking.tensorboard"]
+
+
+def test_a_tracker_whose_package_is_missing_is_one_message_and_exit_2(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(tracking.MLflow, "module", "raysweep_no_such_module")
+    args = ["--set", "tracking.mlflow.tracking_uri=mlruns", "--storage", str(tmp_path / "s"), "--name", "t"]
+    assert search.main(args) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "tracking.mlflow needs raysweep_no_such_module" in err and "raysweep[mlflow]" in err
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_resume_may_change_where_it_is_tracked_but_not_what_it_searches(tmp_path):
+    exp = tmp_path / "lw"
+    space = load_space("digits_layerwise", ["trials=3"])
+    save_sweep_info(exp, sweep_info("lw", "digits_layerwise", ["trials=3"], space))
+    resumed = resume_space(exp, None, ["tracking.tensorboard=true"])
+    assert resumed.tracking.tensorboard and resumed.trials == 3
