@@ -199,7 +199,7 @@ def main(argv: Optional[list[str]] = None) -> int:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         print(f"  ran {name}", flush=True)
-    print(f"\n| case | exit | s | message | left behind |\n|---|---|---|---|---|")
+    print("\n| case | exit | s | message | left behind |\n|---|---|---|---|---|")
     for r in rows:
         print(f"| {r.case} | {r.code} | {r.seconds:.1f} | {r.message.replace('|', '/')} | {r.left} |")
     return 0

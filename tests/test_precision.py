@@ -10,7 +10,6 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-import pruners
 from raysweep import prune, train
 from raysweep.config import RunConfig
 from raysweep.space import SpaceError, load_space

@@ -10,7 +10,6 @@ import time
 import pandas as pd
 import pytest
 import torch
-import yaml
 
 import pruners
 from helpers import tiny_space, write_space

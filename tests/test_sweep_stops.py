@@ -3,8 +3,6 @@ it with its reports and the command that resumes it, and a storage failing under
 stops it with one message; every resume then loses nothing."""
 from __future__ import annotations
 
-import os
-import shutil
 import signal
 import subprocess
 import sys
