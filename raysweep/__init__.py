@@ -9,6 +9,9 @@ from typing import Any
 __version__ = "0.1.0"
 
 _LAZY = {
+    "run": "raysweep.api",
+    "load_sweep": "raysweep.api",
+    "Sweep": "raysweep.api",
     "pareto_front": "raysweep.results.pareto",
     "hypervolume": "raysweep.results.pareto",
     "knee_point": "raysweep.results.pareto",

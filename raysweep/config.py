@@ -14,12 +14,26 @@ from typing import Any, Optional, Union
 Target = Union[float, str]
 
 
+def source_name(value: Any) -> str:
+    """A model or dataset given as a Python callable, by name (``module:qualname``)."""
+    return f"{getattr(value, '__module__', '?')}:{getattr(value, '__qualname__', type(value).__name__)}"
+
+
+def folder_label(value: Any) -> str:
+    """A model or dataset as part of a folder name: ``pkg.mod:factory`` -> ``factory``."""
+    text = source_name(value) if callable(value) else str(value)
+    return text.rpartition(":")[2] or text
+
+
 @dataclass
 class RunConfig:
     # --- what to train -------------------------------------------------------------
     model: str = "digits_cnn"  # registry name in raysweep.models
     dataset: str = "digits"  # registry name in raysweep.data; `digits` is embedded, no files
     data_root: Optional[str] = None  # torchvision-layout datasets live here; never downloaded
+    # Options of the dataset's builder: imagefolder's image_size/channels/mean/std, a user
+    # dataset's num_classes/input_size when they are not to be inferred (raysweep.data).
+    dataset_options: dict[str, Any] = field(default_factory=dict)
     pretrained: bool = False  # ImageNet models: torchvision weights from the local hub cache
     weight_file: Optional[str] = None  # starting weights (dense or masked), loaded weights_only
 
@@ -81,7 +95,7 @@ class RunConfig:
         """``cifar10-vgg16-irregular-example``: readable, and stable across a resume."""
         if self.name:
             return self.name
-        parts = [self.dataset, self.model, self.method or "scratch"]
+        parts = [folder_label(self.dataset), folder_label(self.model), self.method or "scratch"]
         if self.log_tag:
             parts.append(self.log_tag.lstrip("-"))
         return "-".join(parts)
@@ -100,8 +114,12 @@ class RunConfig:
             raise ValueError(f"unknown run config keys: {', '.join(unknown)}")
         return cls(**values)
 
+    def to_json(self) -> str:
+        """The config as JSON (config.json); a callable model or dataset by its name."""
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True, default=source_name) + "\n"
+
     def save(self, path: Union[str, Path]) -> None:
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
+        Path(path).write_text(self.to_json())
 
     @classmethod
     def load(cls, path: Union[str, Path]) -> "RunConfig":

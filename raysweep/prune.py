@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from typing import Optional
 
-from raysweep.trial.flags import base_parser, config_from_args, main_with
+from raysweep.trial.flags import absolute, base_parser, config_from_args, main_with
 from raysweep.config import RunConfig
 
 PROG = "python -m raysweep.prune"
@@ -14,6 +14,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = base_parser(PROG, "Prune (one method, per-layer targets, a schedule) and fine-tune on Ray Train.", RunConfig(epochs=10, lr=0.01))
     add = p.add_argument
     add("--prune_type", required=False, default=None, help="irregular, filter, stripe, pattern, nm (or the reference names irre_prune, ...)")
+    add("--from-trial", dest="from_trial", default=None, metavar="SWEEP_DIR/TRIAL_ID",
+        help="run one sweep trial again as a standalone run: its model, data, dense weights, targets, schedule and recipe "
+             "(--output, --name, --workers and --address still apply)")
     group = p.add_mutually_exclusive_group()
     group.add_argument("--config_file", default=None, help="per-layer targets, the reference project's prune_config YAML")
     group.add_argument("--ratio", default=None, help="one target for every prunable layer: a ratio in [0, 1] or mXnY")
@@ -50,6 +53,8 @@ def config_from_prune_args(args: argparse.Namespace) -> RunConfig:
     import pruners
     import pruners.allocation
 
+    if args.from_trial:
+        return trial_config(args)
     cfg = config_from_args(args)
     if not args.prune_type:
         raise ValueError("--prune_type is required (one of: " + ", ".join(pruners.list_methods()) + ")")
@@ -74,6 +79,25 @@ def config_from_prune_args(args: argparse.Namespace) -> RunConfig:
     elif schedule == "agp":
         params = {"start_epoch": args.agp_start, "end_epoch": args.agp_end if args.agp_end is not None else max(args.agp_start + 1, cfg.epochs // 2), "frequency": args.agp_freq}
     cfg.schedule, cfg.schedule_params = schedule, params
+    return cfg
+
+
+def trial_config(args: argparse.Namespace) -> RunConfig:
+    """The config a sweep trial ran with (its newest checkpoint's), as a run of its own."""
+    from pathlib import Path
+
+    from raysweep.trial.checkpoint import CheckpointFolder, read_checkpoint
+
+    given = Path(args.from_trial).expanduser().resolve()
+    folder = given if CheckpointFolder(given).newest_path() else given.parent / "trials" / given.name
+    newest = CheckpointFolder(folder).newest_path()
+    if newest is None:
+        raise ValueError(f"--from-trial {args.from_trial}: no trial checkpoint in {given} or {folder}; "
+                         "give <sweep folder>/<trial id> (or <sweep folder>/trials/<trial id>)")  # fmt: skip
+    cfg = RunConfig.from_dict({k: v for k, v in read_checkpoint(newest).config.items() if k in RunConfig.__dataclass_fields__})
+    sweep = folder.parent.parent.name  # <sweep>/trials/<id>
+    cfg.output, cfg.name, cfg.workers, cfg.print_freq = absolute(args.output), args.name or f"{sweep}-{folder.name}", args.workers, args.print_freq
+    cfg.max_failures = args.max_failures
     return cfg
 
 

@@ -8,8 +8,7 @@ import logging
 import os
 import shlex
 import sys
-from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 PROG = "python -m raysweep.search"
 EXIT_INPUT, EXIT_FAILED = 2, 1
@@ -19,7 +18,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=PROG, description=__doc__)
     p.add_argument("--space", default=None, help="shipped space name (digits, cifar10_vgg16, cifar10_resnet56, imagenet_resnet18), a YAML file, or a reference prune_config YAML (one fixed trial); default: digits")
     p.add_argument("--set", dest="overrides", action="append", default=None, metavar="KEY=VALUE", help="override a space field, e.g. --set trials=8 (8 searched trials beside the space's fixed points) --set resources.workers_per_trial=2 (repeatable)")
-    p.add_argument("--storage", default="raysweep_results", help="folder holding experiments; on a multi-node cluster a shared filesystem path that every node sees at the same place")
+    p.add_argument("--storage", default="raysweep_results", help="folder or URI holding experiments: a path, or s3://bucket/prefix, gs://bucket/prefix, any URI pyarrow.fs understands (AWS_* variables, AWS_ENDPOINT_URL for S3-compatible servers); on a multi-node cluster a URI, or a path every node sees at the same place")
     p.add_argument("--name", default=None, help="experiment name, one folder name (default: the space's name)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted experiment --storage/--name with the space it was saved with; finished trials are not re-run")
     p.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else a local Ray)")
@@ -42,13 +41,14 @@ def configure_console(quiet: bool, verbose: bool) -> None:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
-def resume_command(name: str, storage: Path, address: Optional[str]) -> str:
+def resume_command(name: str, storage: Any, address: Optional[str]) -> str:
     parts = [*PROG.split(), "--resume", "--name", name, "--storage", str(storage)]
     return shlex.join(parts + (["--address", address] if address else []))
 
 
 def _prepare(args: argparse.Namespace):
     """(space, storage, experiment name) after every check that needs no Ray."""
+    from raysweep import storage as locations
     from raysweep.space import load_space
     from raysweep.errors import check_name
     from raysweep.sweep.inputs import check_space_inputs, check_storage, experiment_name, resume_space
@@ -56,7 +56,7 @@ def _prepare(args: argparse.Namespace):
     storage = check_storage(args.storage)
     if args.resume:
         name = check_name(args.name or load_space(args.space).name)
-        space = resume_space(storage / name, args.space, args.overrides or [])
+        space = resume_space(locations.join(storage, name), args.space, args.overrides or [])
     else:
         space = load_space(args.space, args.overrides or ())
         name = experiment_name(storage, check_name(args.name or space.name, "--name" if args.name else "the space's name"), False)
@@ -69,10 +69,6 @@ def main(argv: Optional[list[str]] = None) -> int:
     configure_console(args.quiet, args.verbose)
     from raysweep.errors import RunInputError
 
-    if "://" in args.storage:
-        # Reports and the dense-weight cache are written with plain file I/O: a URI would become a local folder.
-        print(f"{PROG}: error: --storage {args.storage}: URIs are not supported; use a filesystem path every node sees (NFS, or the bucket mounted)", file=sys.stderr)
-        return EXIT_INPUT
     try:
         space, storage, name = _prepare(args)
     except (RunInputError, ValueError, FileNotFoundError) as exc:
@@ -103,26 +99,31 @@ def main(argv: Optional[list[str]] = None) -> int:
 
 def summarise(run, space, resume: str) -> int:
     """Reports for what finished, the front and the files; the exit code says how it ended."""
+    from raysweep import storage as locations
     from raysweep.results.collect import build_reports
     from raysweep.results.reports import print_front_table
+    from raysweep.sweep.tracking import finish_tracking
 
     try:
         paths = build_reports(run.exp_dir)  # the sweep's objectives, from its sweep.json
     except OSError as exc:
-        print(f"{PROG}: error: cannot write the reports in {run.exp_dir}: [Errno {exc.errno}] {exc.strerror}: {exc.filename}", file=sys.stderr)
+        reason = f"[Errno {exc.errno}] {exc.strerror}: {exc.filename}" if exc.errno is not None else str(exc)
+        print(f"{PROG}: error: cannot write the reports in {run.exp_dir}: {reason}", file=sys.stderr)
         paths = None
     if run.storage_error is not None:
         e = run.storage_error
-        print(f"{PROG}: error: the storage failed: [Errno {e.errno}] {e.strerror}: {e.path}. The sweep stopped; "
+        print(f"{PROG}: error: the storage failed: {e.reason}: {e.path}. The sweep stopped; "
               f"fix the storage, then resume with: {resume}", file=sys.stderr)  # fmt: skip
         return EXIT_FAILED
     if paths is None:
         return EXIT_FAILED
     import pandas as pd
 
-    trials = pd.read_csv(paths["trials"])
+    with locations.open_input(paths["trials"]) as f:
+        trials = pd.read_csv(f)
     status = trials["status"] if "status" in trials else pd.Series(dtype=str)
     finished, failed = int((status == "TERMINATED").sum()), int((status == "ERROR").sum())
+    finish_tracking(run.trackers, paths, {"trials": len(trials), "finished": finished, "failed": failed})
     print()
     print(print_front_table(trials, space.objectives))
     print(f"\n{len(trials)} trials: {finished} finished, {failed} failed, {len(trials) - finished - failed} unfinished. Files in {run.exp_dir}:")

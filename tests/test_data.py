@@ -125,7 +125,7 @@ def test_missing_cifar_names_path_and_layout(tmp_path):
     assert isinstance(err.value, FileNotFoundError)
     assert f"cifar10 not found under {tmp_path}" in msg
     assert f"{tmp_path}/cifar-10-batches-py/data_batch_1..5 and test_batch" in msg
-    assert "never downloads" in msg and "--dataset digits" in msg
+    assert "never downloads" in msg and "the embedded digits dataset" in msg and "--dataset" not in msg
 
 
 def test_missing_data_root(tmp_path):

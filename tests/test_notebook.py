@@ -1,10 +1,11 @@
 """notebooks/pareto_analysis.ipynb, executed headless with nbclient on the output of one real
-tiny sweep: the sweep's folder, and a copy of it without its reports, which the notebook must
-rebuild. Any cell error fails the test."""
+tiny sweep: the sweep's folder, and a copy of it in a bucket (the session's S3 server,
+tests/s3server.py) without its reports, which the notebook must rebuild there. Any cell error
+fails the test."""
 from __future__ import annotations
 
+import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -12,10 +13,9 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
-import yaml
 from nbclient import NotebookClient
 
-from raysweep import search
+from raysweep import search, storage
 from helpers import tiny_space, write_space
 from raysweep.results.pareto import knee_point
 from raysweep.results.reports import finished_mask
@@ -35,15 +35,18 @@ SPACE = tiny_space(
 
 
 @pytest.fixture(scope="module")
-def experiments(ray_local, dense_digits, tmp_path_factory):
-    """Two experiment folders from one sweep of 3 one-epoch trials (the session's dense model)."""
+def experiments(request, ray_local, dense_digits, tmp_path_factory):
+    """One sweep of 3 one-epoch trials (the session's dense model): its folder, and a copy of it
+    at s3://raysweep/notebook/nb-copy without its reports (a folder where moto is not installed)."""
     root = tmp_path_factory.mktemp("notebook")
     space_file = write_space(root, {**SPACE, "dense": str(dense_digits / "final.pt")})
     assert search.main(["--space", str(space_file), "--storage", str(root / "results"), "-q"]) == 0
-    first, second = root / "results" / "nb", root / "results" / "nb-copy"
-    shutil.copytree(first, second)
+    first = root / "results" / "nb"
+    moto = importlib.util.find_spec("moto") is not None
+    second = request.getfixturevalue("s3").uri("notebook", "nb-copy") if moto else root / "results" / "nb-copy"
+    storage.upload_tree(first, second)
     for name in REPORTS:
-        (second / name).unlink()
+        storage.remove(storage.join(second, name))
     return first, second
 
 
@@ -111,10 +114,11 @@ def test_the_notebook_prints_the_knee_point(executed, experiments):
     assert f"nb: knee point trial {knee['trial_id']}" in _text(executed)
 
 
-def test_a_folder_without_reports_is_rebuilt(executed, experiments):
+def test_an_experiment_in_a_bucket_without_reports_is_rebuilt_there(executed, experiments):
     first, second = experiments
     for name in REPORTS:
-        assert (second / name).is_file(), name
-    a, b = pd.read_csv(first / "trials.csv"), pd.read_csv(second / "trials.csv")
+        assert storage.is_file(storage.join(second, name)), name
+    with storage.open_input(storage.join(second, "trials.csv")) as f:
+        a, b = pd.read_csv(first / "trials.csv"), pd.read_csv(f)
     assert list(a["trial_id"]) == list(b["trial_id"])
     assert "nb-copy" in _text(executed)

@@ -34,9 +34,9 @@ REFERENCE = SPACES_DIR / "reference"
 SEED = Path("/work/shared/seed/prune_config")
 SHIPPED = ["cifar10_resnet56", "cifar10_vgg16", "digits", "digits_allocation", "digits_layerwise", "imagenet_resnet18"]
 DOCUMENTED_KEYS = {
-    "name", "model", "dataset", "data_root", "dense", "dense_epochs", "dense_lr", "trials", "search",
+    "name", "model", "dataset", "dataset_options", "data_root", "dense", "dense_epochs", "dense_lr", "trials", "search",
     "sampler", "seed", "scheduler", "asha", "objectives", "resources", "epochs", "lr", "batch_size", "wd",
-    "nm_permute", "measure_latency", "methods", "ratios", "schedules", "points",
+    "nm_permute", "measure_latency", "methods", "ratios", "schedules", "points", "tracking",
     "precision", "channels_last", "compile", "lr_schedule", "warmup_epochs", "label_smoothing", "distill",
 }  # fmt: skip
 
@@ -97,7 +97,7 @@ def test_digits_param_space_keys_and_domain_types():
 
     space = load_space()
     assert (space.name, space.model, space.dataset, space.dense) == ("digits-default", "digits_cnn", "digits", "train")
-    assert list(space.methods) == ["irregular", "filter", "stripe", "pattern", "nm"]
+    assert list(space.methods) == ["irregular", "filter", "stripe", "channel", "pattern", "nm"]
     param_space, points = to_tune(space)
     flat = flatten_config(param_space)
     assert {"method", "schedule", "epochs", "lr", "batch_size", "wd"} <= set(flat)
@@ -114,7 +114,7 @@ def test_digits_param_space_keys_and_domain_types():
     assert isinstance(flat["nm/*"], Categorical) and "m4n2" in flat["nm/*"].categories
     assert isinstance(flat["nm_permute"], Categorical) and flat["nm_permute"].categories == [True, False]
     assert flat["nm/features.0.weight"] == 0.0 and flat["epochs"] == 3
-    assert len(points) == 19 and all(isinstance(p["lr"], float) for p in points)
+    assert len(points) == 22 and all(isinstance(p["lr"], float) for p in points)
     assert {p["method"] for p in points} == set(space.methods)
 
 
@@ -364,9 +364,9 @@ def test_allocation_problems_are_reported_at_once():
         "methods.stripe.allocation: unknown key 'tabel'; did you mean 'table'?",
         "methods.stripe.allocation.table: the 'sensitivity' family needs a table: the sensitivity.csv written by python -m raysweep.sensitivity",
         ("methods.nm.allocation: allocation families set a ratio per layer; method 'nm' has no free per-layer ratio "
-         "(allocation works with irregular, filter, stripe): give nm's targets per layer"),
+         "(allocation works with irregular, filter, stripe, channel): give nm's targets per layer"),
         ("methods.pattern.allocation: allocation families set a ratio per layer; method 'pattern' has no free per-layer ratio "
-         "(allocation works with irregular, filter, stripe): give pattern's targets per layer"),
+         "(allocation works with irregular, filter, stripe, channel): give pattern's targets per layer"),
         "methods.irregular.allocation.perturb: 'feature.*' matches no prunable parameter; closest: features.7.weight, features.3.weight, features.0.weight",
         "methods.filter.allocation.target: 1.0 cannot be met: the fixed layers keep at least 144 of the 40208 prunable weights (at most 0.9964)",
     ]  # fmt: skip

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, TensorDataset
 
 from raysweep.data.device import DEVICE_DATA_LIMIT_BYTES, DeviceFeed, MemoryImages
 from raysweep.data.files import LoaderFeed, loader_workers
-from raysweep.data.sources import DatasetInfo
+from raysweep.data.info import DatasetInfo
 
 log = logging.getLogger("raysweep.data")
 

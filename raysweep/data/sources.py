@@ -17,36 +17,27 @@ import difflib
 import logging
 import os
 import pickle
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
 from raysweep.data.device import Augment, MemoryImages
+from raysweep.data.external import external_datasets
+from raysweep.data.info import DatasetInfo
 
 log = logging.getLogger(__name__)
 
-NO_DOWNLOAD_HINT = "raysweep never downloads; download it yourself or use --dataset digits"
+NO_DOWNLOAD_HINT = "raysweep never downloads: put the files there yourself, or use the embedded digits dataset"
 
 
 class DatasetNotFoundError(FileNotFoundError):
     """A dataset is absent or malformed under its data root."""
 
 
-@dataclass(frozen=True)
-class DatasetInfo:
-    name: str
-    num_classes: int
-    input_size: tuple[int, int, int]  # (C, H, W) of one sample after transforms
-    family: str  # model family that fits (cifar, mnist, digits, imagenet)
-    mean: tuple[float, ...]
-    std: tuple[float, ...]
-
-
-Builder = Callable[[Path | None, bool], tuple[Dataset, Dataset, DatasetInfo]]
+Builder = Callable[..., tuple[Dataset, Dataset, DatasetInfo]]  # (data_root, augment, **options)
 DATASETS: dict[str, Builder] = {}
 
 
@@ -65,15 +56,29 @@ def list_datasets() -> list[str]:
 
 
 def build_datasets(
-    name: str, data_root: str | os.PathLike | None = None, *, augment: bool = True
+    name: str | Callable[..., Any], data_root: str | os.PathLike | None = None, *, augment: bool = True,
+    options: Mapping[str, Any] | None = None,
 ) -> tuple[Dataset, Dataset, DatasetInfo]:
-    """Train and validation datasets plus their ``DatasetInfo``; nothing is downloaded."""
+    """Train and validation datasets plus their ``DatasetInfo``; nothing is downloaded.
+
+    ``name`` is a registered name, an import path ``package.module:factory`` or a callable (a
+    user's own data, raysweep.data.external); ``options`` go to the dataset's builder (e.g.
+    imagefolder's image_size, channels, mean, std; num_classes and input_size for a user's)."""
+    root = Path(data_root).expanduser() if data_root is not None else None
+    if callable(name) or ":" in name:
+        train, val, info = external_datasets(name, root, dict(options or {}))
+        log.info("dataset %s: %d train, %d val, %d classes", info.name, len(train), len(val), info.num_classes)
+        return train, val, info
     if name not in DATASETS:
         near = difflib.get_close_matches(name, list(DATASETS), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(near)}?" if near else ""
         raise ValueError(f"unknown dataset {name!r}{hint} (known: {', '.join(list_datasets())})")
-    root = Path(data_root).expanduser() if data_root is not None else None
-    train, val, info = DATASETS[name](root, augment)
+    try:
+        train, val, info = DATASETS[name](root, augment, **dict(options or {}))
+    except TypeError as exc:
+        if "unexpected keyword argument" not in str(exc):
+            raise
+        raise ValueError(f"dataset {name!r} takes no option {str(exc).rsplit(' ', 1)[-1]} (dataset_options)") from None
     log.info("dataset %s: %d train, %d val, %d classes", name, len(train), len(val), info.num_classes)
     return train, val, info
 
@@ -258,48 +263,3 @@ def _mnist(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetI
     except (RuntimeError, ValueError, AssertionError, OSError) as e:
         raise _not_found("mnist", root, expected, f"{type(e).__name__}: {e}") from e
     return train, val, DatasetInfo("mnist", 10, (1, 28, 28), "mnist", mean, std)
-
-
-# ---------------------------------------------------------------- ImageNet / image folders
-
-IMAGENET_MEAN, IMAGENET_STD = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def _class_dirs(path: Path) -> list[str]:
-    return sorted(e.name for e in os.scandir(path) if e.is_dir()) if path.is_dir() else []
-
-
-def _image_folder(name: str, root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
-    """``train/`` and ``val/`` class folders (torchvision ImageFolder); 224x224 crops."""
-    import torchvision.transforms as T
-    from torchvision.datasets import ImageFolder
-
-    expected = "{root}/train/<class>/*.jpg and {root}/val/<class>/*.jpg (the same class folders in both)"
-    if root is None:
-        raise _not_found(name, root, expected)
-    train_classes, val_classes = _class_dirs(root / "train"), _class_dirs(root / "val")
-    if not train_classes or not val_classes:
-        raise _not_found(name, root, expected)
-    if train_classes != val_classes:  # ImageFolder would silently give them different labels
-        diff = sorted(set(train_classes) ^ set(val_classes))[:5]
-        raise _not_found(name, root, expected, f"train/ and val/ class folders differ, e.g. {diff}")
-    norm = [T.ToTensor(), T.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
-    val_tf = T.Compose([T.Resize(256), T.CenterCrop(224)] + norm)
-    train_tf = T.Compose([T.RandomResizedCrop(224), T.RandomHorizontalFlip()] + norm) if augment else val_tf
-    try:
-        train = ImageFolder(str(root / "train"), transform=train_tf)
-        val = ImageFolder(str(root / "val"), transform=val_tf)
-    except (FileNotFoundError, OSError) as e:  # e.g. a class folder without images
-        raise _not_found(name, root, expected, str(e)) from e
-    info = DatasetInfo(name, len(train_classes), (3, 224, 224), "imagenet", IMAGENET_MEAN, IMAGENET_STD)
-    return train, val, info
-
-
-@register_dataset("imagenet")
-def _imagenet(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
-    return _image_folder("imagenet", root, augment)
-
-
-@register_dataset("imagefolder")
-def _imagefolder(root: Path | None, augment: bool) -> tuple[Dataset, Dataset, DatasetInfo]:
-    return _image_folder("imagefolder", root, augment)

@@ -18,6 +18,8 @@ from typing import Any, Callable
 
 import torch.nn as nn
 
+from raysweep.models.external import call_factory, describe, is_external, resolve_factory
+
 log = logging.getLogger(__name__)
 
 # Which model family serves a dataset: used only to pick between same-named models.
@@ -91,7 +93,12 @@ def _unknown(name: str) -> ValueError:
 
 
 def resolve_model_name(name: str, dataset: str | None = None, family: str | None = None) -> str:
-    """Registry key for ``name``; a short name shared by families goes by family/dataset."""
+    """Registry key for ``name``; a short name shared by families goes by family/dataset. An
+    external name (``pkg.mod:factory``, ``torchvision:...``, ``timm:...``) is checked to resolve
+    and returned as it is."""
+    if is_external(name):
+        resolve_factory(name)
+        return name
     if name in SHORT_NAMES:
         by_family = SHORT_NAMES[name]
         if len(by_family) == 1:
@@ -131,23 +138,23 @@ def create_model(
     family: str | None = None,
     **kwargs: Any,
 ) -> nn.Module:
-    """Build a model by registered name (or constructor).
+    """Build a model by registered name, constructor, import path or scheme.
 
     ``dataset``/``family`` only choose between same-named models (``resnet18`` for
     cifar10 vs imagenet); they do not set ``num_classes``: pass that from the dataset
-    info. ``num_classes``/``input_size`` default to the model's registered values.
-    ``pretrained=True`` is for ImageNet models and reads the local torch hub cache only.
+    info. ``num_classes``/``input_size`` default to the model's registered values; an
+    external model (raysweep.models.external) gets them only if given, and only the ones its
+    factory accepts. ``pretrained=True`` is for ImageNet models and reads the local torch hub
+    cache only.
     """
     if callable(name_or_callable):
         entry = next((e for e in MODELS.values() if e.fn is name_or_callable), None)
-        if entry is None:  # an unregistered constructor: pass only what was given
-            given = {"num_classes": num_classes, "input_size": input_size}
-            kwargs.update({k: v for k, v in given.items() if v is not None})
-            if pretrained:
-                kwargs["pretrained"] = True
-            return name_or_callable(**kwargs)
     else:
-        entry = MODELS[resolve_model_name(name_or_callable, dataset, family)]
+        entry = None if is_external(name_or_callable) else MODELS[resolve_model_name(name_or_callable, dataset, family)]
+    if entry is None:
+        if pretrained:
+            raise ValueError(f"pretrained weights exist only for the zoo's ImageNet models, not {describe(name_or_callable)!r}")
+        return call_factory(resolve_factory(name_or_callable), num_classes, input_size, describe(name_or_callable))
     if pretrained:
         if not entry.pretrained_available:
             raise ValueError(

@@ -20,10 +20,13 @@ import html
 import logging
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any, Optional
 
 import numpy as np
 import pandas as pd
 
+from raysweep.results.plots import plot_axes, plot_pareto
+from raysweep.results.status import failed_mask, finished_mask, method_groups
 from raysweep.results.pareto import (
     ObjectivesLike,
     ReferenceLike,
@@ -36,8 +39,6 @@ from raysweep.results.pareto import (
 
 logger = logging.getLogger(__name__)
 
-FINISHED_STATUSES = frozenset({"TERMINATED"})
-FAILED_STATUSES = frozenset({"ERROR"})
 SPARSITY_LEVELS: tuple[float, ...] = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 # Exact-count pruning gives sparsities like 0.4999999 for a 0.5 target; don't miss those.
 _LEVEL_TOLERANCE = 1e-6
@@ -56,41 +57,12 @@ __all__ = ["SPARSITY_LEVELS", "failed_mask", "finished_mask", "pareto_table",
            "plot_pareto", "print_front_table", "write_reports"]
 
 
-def _status(trials: pd.DataFrame) -> pd.Series:
-    return trials["status"].astype("string").str.strip().str.upper()
-
-
-def finished_mask(trials: pd.DataFrame) -> pd.Series:
-    """True for trials that may enter a front (TERMINATED; all if there is no status)."""
-    if "status" not in trials.columns:
-        return pd.Series(True, index=trials.index)
-    return _status(trials).isin(FINISHED_STATUSES).fillna(False).astype(bool)
-
-
-def failed_mask(trials: pd.DataFrame) -> pd.Series:
-    """True for ERROR trials, and for unfinished ones that carry an error message."""
-    failed = pd.Series(False, index=trials.index)
-    if "status" in trials.columns:
-        failed |= _status(trials).isin(FAILED_STATUSES).fillna(False).astype(bool)
-    if "error" in trials.columns:
-        has_error = trials["error"].fillna("").astype(str).str.strip() != ""
-        failed |= has_error & ~finished_mask(trials)
-    return failed
-
-
-def _method_groups(trials: pd.DataFrame) -> list[tuple[str, pd.DataFrame]]:
-    if "method" not in trials.columns:
-        return []
-    names = trials["method"].astype("string").fillna("(none)")
-    return [(str(m), trials[names == m]) for m in sorted(names.unique())]
-
-
 def pareto_table(trials: pd.DataFrame, objectives: ObjectivesLike = None) -> pd.DataFrame:
     """Fronts of the finished trials: overall (``front`` = "all") and per method, stacked."""
     obj = normalize_objectives(objectives, trials)
     done = trials[finished_mask(trials)]
     parts = [("all", pareto_front(done, obj))]
-    parts += [(m, pareto_front(g, obj)) for m, g in _method_groups(done)]
+    parts += [(m, pareto_front(g, obj)) for m, g in method_groups(done)]
     frames = [f.assign(front=name) for name, f in parts if not f.empty]
     if not frames:
         return pd.DataFrame(columns=["front", *[c for c in trials.columns if c != "front"]])
@@ -121,7 +93,7 @@ def _level_table(done: pd.DataFrame) -> pd.DataFrame | None:
     if not {"accuracy", "sparsity"} <= set(done.columns):
         return None
     rows = []
-    for name, g in [("all", done), *_method_groups(done)]:
+    for name, g in [("all", done), *method_groups(done)]:
         acc, sp = pd.to_numeric(g["accuracy"]), pd.to_numeric(g["sparsity"])
         row = {"method": name}
         for level in SPARSITY_LEVELS:
@@ -131,76 +103,30 @@ def _level_table(done: pd.DataFrame) -> pd.DataFrame | None:
     return pd.DataFrame(rows)
 
 
-def plot_axes(objectives: Mapping[str, str], columns) -> list[dict[str, str]]:
-    """The 2-D views of the objectives: accuracy against each other objective (sparsity first),
-    or the first two objectives when accuracy is not one of them."""
-    obj = dict(objectives)
-    if "accuracy" not in obj:
-        if {"sparsity", "accuracy"} <= set(columns) and len(obj) < 2:
-            return [{"sparsity": obj.get("sparsity", "max"), "accuracy": "max"}]
-        return [dict(list(obj.items())[:2])]
-    others = sorted((k for k in obj if k != "accuracy"), key=lambda k: k != "sparsity")
-    if not others:
-        others = ["sparsity"] if "sparsity" in columns else []
-    return [{k: obj.get(k, "max"), "accuracy": obj["accuracy"]} for k in others] or [{"accuracy": obj["accuracy"]}]
+# Accuracy drops from dense (fractions) at which the report gives each method's highest sparsity.
+DROP_LEVELS: tuple[float, ...] = (0.005, 0.01, 0.02)
 
 
-def plot_pareto(trials: pd.DataFrame, path: str | Path,
-                objectives: ObjectivesLike = None, title: str = "",
-                axes: Mapping[str, str] | None = None) -> Path:
-    """Accuracy vs sparsity (or ``axes``: x then y objective), one colour per method, each
-    method's front as a step line.
-
-    Finished trials only. Fronts and fading use the two plotted axes (extra objectives are
-    ignored here; ``write_reports`` draws one plot per pair); the overall front gets black
-    edges. Uses the Agg canvas directly, so the caller's pyplot backend is left alone.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-    import matplotlib
-
-    obj = normalize_objectives(objectives, trials)
-    axes = dict(axes) if axes else plot_axes(obj, trials.columns)[0]
-    done = trials[finished_mask(trials)]
-    fig = Figure(figsize=(7.5, 5.0), layout="constrained")
-    FigureCanvasAgg(fig)
-    ax = fig.add_subplot()
-    if len(axes) < 2:  # a single objective: plot it against trial order
-        (ycol,) = axes
-        ax.plot(np.arange(1, len(done) + 1), pd.to_numeric(done[ycol]), "o")
-        ax.set_xlabel("trial")
-        ax.set_ylabel(ycol)
-    else:
-        xcol, ycol = axes
-        where = "pre" if axes[xcol] == "max" else "post"
-        groups = _method_groups(done) or [("trials", done)]
-        colours = matplotlib.colormaps["tab10"]
-        for i, (name, g) in enumerate(groups):
-            colour = colours(i % 10)
-            front = pareto_front(g, axes)
-            rest = g.drop(index=front.index)
-            ax.scatter(rest[xcol], rest[ycol], color=colour, alpha=0.25, s=22)
-            ax.scatter(front[xcol], front[ycol], color=colour, alpha=0.9, s=30, label=name)
-            line = front.sort_values(xcol)
-            ax.step(line[xcol], line[ycol], where=where, color=colour, alpha=0.8)
-        overall = pareto_front(done, axes)
-        if not overall.empty:
-            ax.scatter(overall[xcol], overall[ycol], facecolors="none", edgecolors="black",
-                       s=70, linewidths=1.0, label="overall front")
-        arrow = {"max": "higher is better", "min": "lower is better"}
-        ax.set_xlabel(f"{xcol} ({arrow[axes[xcol]]})")
-        ax.set_ylabel(f"{ycol} ({arrow[axes[ycol]]})")
-        if groups and not done.empty:
-            ax.legend(fontsize="small")
-    ax.grid(alpha=0.3)
-    ax.set_title(title or "Pareto front")
-    path = Path(path)
-    fig.savefig(path, dpi=120)
-    return path
+def baseline_blocks(done: pd.DataFrame, dense: Optional[Mapping[str, Any]]) -> list[tuple[str, object]]:
+    """The dense model's row, and per method the highest sparsity within 0.5, 1 and 2 points of it."""
+    if not dense or "accuracy" not in dense:
+        return []
+    row = {k: dense[k] for k in ("accuracy", "top5", "params_total", "macs_dense") if k in dense}
+    blocks: list[tuple[str, object]] = [("h2", "Dense baseline"), ("table", pd.DataFrame([{"model": "dense", **row}]))]
+    if not {"accuracy", "sparsity"} <= set(done.columns):
+        return blocks
+    rows = []
+    for name, g in [("all", done), *method_groups(done)]:
+        acc, sp = pd.to_numeric(g["accuracy"]), pd.to_numeric(g["sparsity"])
+        rows.append({"method": name, **{f"within {100 * d:g} pt": sp[acc >= dense["accuracy"] - d - _LEVEL_TOLERANCE].max()
+                                          for d in DROP_LEVELS}})  # fmt: skip
+    blocks += [("p", "Highest sparsity among finished trials whose accuracy is within the given number of "
+                     "points (hundredths) of the dense model's; blank where none is."), ("table", pd.DataFrame(rows))]  # fmt: skip
+    return blocks
 
 
 def _sections(trials: pd.DataFrame, obj: dict[str, str], ref: dict[str, float],
-              title: str) -> list[tuple[str, object]]:
+              title: str, dense: Optional[Mapping[str, Any]] = None) -> list[tuple[str, object]]:
     """The report as (kind, payload) blocks, rendered to both markdown and html."""
     done = trials[finished_mask(trials)]
     failed = trials[failed_mask(trials)]
@@ -210,6 +136,7 @@ def _sections(trials: pd.DataFrame, obj: dict[str, str], ref: dict[str, float],
         f" · other (not finished): {other}" if other else ""))]
     blocks.append(("p", "Objectives: " + ", ".join(f"{c} ({m})" for c, m in obj.items())
                    + ". Only finished trials enter a front."))
+    blocks += baseline_blocks(done, dense)
     front = pareto_front(done, obj)
     blocks += [("h2", f"Overall Pareto front ({len(front)} trials)"),
                ("table", front[_table_columns(front, obj)]), ("img", "pareto.png")]
@@ -220,7 +147,7 @@ def _sections(trials: pd.DataFrame, obj: dict[str, str], ref: dict[str, float],
                    ("p", "Best accuracy among finished trials with sparsity ≥ level; "
                          "blank where no trial reached it."), ("table", levels)]
 
-    hv_rows = [("all", done), *_method_groups(done)]
+    hv_rows = [("all", done), *method_groups(done)]
     hv = pd.DataFrame({
         "front": [name for name, _ in hv_rows],
         "finished trials": [len(g) for _, g in hv_rows],
@@ -302,8 +229,9 @@ def _html(blocks: list[tuple[str, object]], title: str, png: Path) -> str:
 
 def write_reports(trials: pd.DataFrame, out_dir: str | Path,
                   objectives: ObjectivesLike = None, reference: ReferenceLike = None,
-                  title: str = "raysweep sweep") -> dict[str, Path]:
-    """Write trials.csv, pareto.csv, report.md, report.html and pareto.png into out_dir.
+                  title: str = "raysweep sweep", dense: Optional[Mapping[str, Any]] = None) -> dict[str, Path]:
+    """Write trials.csv, pareto.csv, report.md, report.html and pareto.png into out_dir;
+    ``dense`` (the dense model's accuracy, top5, params_total, macs_dense) adds its baseline.
 
     Returns ``{"trials", "pareto", "markdown", "html", "plot"}`` -> path. CSVs are written
     without the index (a named index is kept as a column).
@@ -319,11 +247,12 @@ def write_reports(trials: pd.DataFrame, out_dir: str | Path,
     frame.to_csv(paths["trials"], index=False)
     pareto_table(frame, obj).to_csv(paths["pareto"], index=False)
     views = plot_axes(obj, frame.columns)
-    plot_pareto(frame, paths["plot"], obj, title=title, axes=views[0])
+    line = float(dense["accuracy"]) if dense and "accuracy" in dense else None
+    plot_pareto(frame, paths["plot"], obj, title=title, axes=views[0], dense_accuracy=line)
     for view in views[1:]:  # e.g. accuracy vs latency beside accuracy vs sparsity
         x = next(iter(view))
-        paths[f"plot_{x}"] = plot_pareto(frame, out / f"pareto_{x}.png", obj, title=title, axes=view)
-    blocks = _sections(frame, obj, ref, title)
+        paths[f"plot_{x}"] = plot_pareto(frame, out / f"pareto_{x}.png", obj, title=title, axes=view, dense_accuracy=line)
+    blocks = _sections(frame, obj, ref, title, dense)
     paths["markdown"].write_text(_markdown(blocks), encoding="utf-8")
     paths["html"].write_text(_html(blocks, title, paths["plot"]), encoding="utf-8")
     logger.info("wrote sweep reports for %d trials to %s", len(trials), out)

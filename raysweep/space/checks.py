@@ -8,7 +8,7 @@ from typing import Any, Mapping
 
 from raysweep.space.allocation import check_allocation, searched
 from raysweep.space.schema import HPARAM_TYPES, Dist, candidates, representative
-from raysweep.space.targets import build_model, check_targets
+from raysweep.space.targets import build_model, check_targets, freeze
 from raysweep.space.values import Problems, join, schedule_final_epoch, suggest
 
 log = logging.getLogger("raysweep.space")
@@ -72,14 +72,15 @@ def model_problems(out: Mapping[str, Any], problems: Problems) -> None:
     from raysweep.models import resolve_model_name
 
     dataset, model_name = out.get("dataset"), out.get("model")
-    if dataset is not None and dataset not in list_datasets():
+    named = isinstance(dataset, str) and ":" not in dataset  # not an import path, not a callable
+    if dataset is not None and named and dataset not in list_datasets():
         problems.add("dataset", f"unknown dataset {dataset!r}{suggest(dataset, list_datasets())}")
         return
     if model_name is None:
         return
     try:
         resolve_model_name(model_name, dataset)
-        model = build_model(model_name, dataset)
+        model = build_model(model_name, dataset, out.get("data_root"), freeze(out.get("dataset_options")))
     except ValueError as err:
         problems.add("model", str(err))
         return

@@ -27,6 +27,7 @@ from raysweep.space.schema import (
     Asha,
     Point,
     Resources,
+    Tracking,
     raw_defaults,
     representative,
 )
@@ -36,6 +37,7 @@ from raysweep.space.values import (
     a_bool,
     a_string,
     any_int,
+    name_or_callable,
     cast_like,
     check_keys,
     int_at_least,
@@ -64,8 +66,8 @@ def fraction(closed: bool) -> Check:
 
 SCALAR_CHECKS: dict[str, Check] = {
     "name": a_string,
-    "model": a_string,
-    "dataset": a_string,
+    "model": name_or_callable,
+    "dataset": name_or_callable,
     "data_root": optional_string,
     "dense": a_string,
     "dense_epochs": int_at_least(0),
@@ -94,7 +96,21 @@ HPARAM_CHECKS: dict[str, Check] = {
 DISTILL_CHECKS: dict[str, Check] = {"alpha": fraction(closed=True), "temperature": number_above(0.0)}
 
 # Every key of SPACE_KEYS is a scalar, a hyper-parameter or one of these sections (tested).
-SECTIONS = ("asha", "objectives", "resources", "distill", "methods", "ratios", "schedules", "points")
+SECTIONS = ("dataset_options", "asha", "objectives", "resources", "distill", "methods", "ratios", "schedules", "points", "tracking")
+def _numbers(v: Any) -> Optional[str]:
+    ok = isinstance(v, (list, tuple)) and v and all(number_above(-1e30)(x) is None for x in v)
+    return None if ok else f"must be a list of numbers, got {v!r}"
+
+
+def _sizes(v: Any) -> Optional[str]:
+    ok = isinstance(v, (list, tuple)) and v and all(int_at_least(1)(x) is None for x in v)
+    return None if ok else f"must be a list of positive ints like [1, 28, 28], got {v!r}"
+
+
+DATASET_OPTION_CHECKS: dict[str, Check] = {
+    "image_size": int_at_least(1), "channels": one_of("channel count", (1, 3)), "mean": _numbers, "std": _numbers,
+    "num_classes": int_at_least(2), "input_size": _sizes,
+}  # fmt: skip
 RESOURCE_CHECKS: dict[str, Check] = {
     "workers_per_trial": int_at_least(1),
     "cpus_per_worker": number_above(0.0),
@@ -129,7 +145,8 @@ def _names(raw: Any, where: str, problems: Problems) -> Mapping:
 
 
 def _absolute(path: str) -> str:
-    return str(Path(path).expanduser().resolve())
+    """A local path made absolute; a storage URI (s3://...) as it is."""
+    return path if "://" in path else str(Path(path).expanduser().resolve())
 
 
 def _section(raw: Any, where: str, cls: type, checks: Mapping[str, Check], problems: Problems) -> Any:
@@ -147,6 +164,50 @@ def parse_distill(raw: Any, problems: Problems) -> dict[str, Any]:
     check_keys(values, list(DISTILL_CHECKS), "distill", problems)
     defaults = raw_defaults()["distill"]
     return {k: parse_param(values.get(k, defaults[k]), join("distill", k), c, problems) for k, c in DISTILL_CHECKS.items()}
+
+
+TRACKING_KEYS = ("mlflow", "tensorboard")
+MLFLOW_KEYS = ("tracking_uri", "experiment")
+
+
+def parse_tracking(raw: Any, problems: Problems) -> Tracking:
+    """``{mlflow: {tracking_uri, experiment} | true | false, tensorboard: bool}``. A tracking_uri
+    without a scheme is a local folder, made absolute here like every path on the command line."""
+    values = _mapping(raw, "tracking", problems)
+    check_keys(values, list(TRACKING_KEYS), "tracking", problems)
+    mlflow = values.get("mlflow")
+    if mlflow is True:
+        mlflow = {}
+    elif mlflow in (None, False):
+        mlflow = None
+    elif isinstance(mlflow, Mapping):
+        check_keys(mlflow, list(MLFLOW_KEYS), "tracking.mlflow", problems)
+        for key in (k for k in MLFLOW_KEYS if mlflow.get(k) is not None and not isinstance(mlflow[k], str)):
+            problems.add(join("tracking.mlflow", key), f"must be a string, got {mlflow[key]!r}")
+        mlflow = {k: str(v) for k, v in mlflow.items() if k in MLFLOW_KEYS and v is not None}
+        if ":" not in mlflow.get("tracking_uri", ":"):  # a folder: MLflow's local file store
+            mlflow["tracking_uri"] = Path(mlflow["tracking_uri"]).expanduser().resolve().as_uri()
+    else:
+        problems.add("tracking.mlflow", f"must be a mapping {{tracking_uri, experiment}}, true or false, got {mlflow!r}")
+        mlflow = None
+    tensorboard = values.get("tensorboard", False)
+    if not isinstance(tensorboard, bool):
+        problems.add("tracking.tensorboard", f"must be true or false, got {tensorboard!r}")
+        tensorboard = False
+    return Tracking(mlflow=mlflow, tensorboard=tensorboard)
+
+
+def parse_dataset_options(raw: Any, problems: Problems) -> dict[str, Any]:
+    """Options of the dataset's builder, each checked (which builder takes which: raysweep.data)."""
+    values = _mapping(raw, "dataset_options", problems)
+    check_keys(values, list(DATASET_OPTION_CHECKS), "dataset_options", problems)
+    out = {}
+    for key, value in values.items():
+        if key in DATASET_OPTION_CHECKS:
+            checked = parse_param(value, join("dataset_options", key), DATASET_OPTION_CHECKS[key], problems, fixed=True)
+            if checked is not None:
+                out[key] = list(checked) if isinstance(checked, tuple) else checked
+    return out
 
 
 def parse_objectives(raw: Any, problems: Problems) -> dict[str, str]:
@@ -267,7 +328,9 @@ def parse_space(raw: Mapping[str, Any], problems: Problems) -> dict[str, Any]:
     out: dict[str, Any] = {k: parse_param(values[k], k, c, problems, fixed=True) for k, c in SCALAR_CHECKS.items()}
     out.update({k: parse_param(values[k], k, c, problems) for k, c in HPARAM_CHECKS.items()})
     out["resources"] = _section(values["resources"], "resources", Resources, RESOURCE_CHECKS, problems)
+    out["dataset_options"] = parse_dataset_options(values["dataset_options"], problems)
     out["asha"] = _section(values["asha"], "asha", Asha, ASHA_CHECKS, problems)
+    out["tracking"] = parse_tracking(values["tracking"], problems)
     if out["resources"].executor == "inprocess" and out["resources"].workers_per_trial > 1:
         problems.add("resources.executor", f"inprocess trains one rank in the trial's own process, but workers_per_trial "
                      f"is {out['resources'].workers_per_trial}: use pool or trainer (or auto)")  # fmt: skip

@@ -4,8 +4,9 @@ with ``--set key=value`` overrides, into a checked ``SearchSpace`` (raysweep.spa
 The format (every key optional; defaults in brackets)::
 
     name: digits-default          # experiment name [the file's stem]
-    model: digits_cnn             # raysweep.models name [digits_cnn]
-    dataset: digits               # raysweep.data name; digits is embedded [digits]
+    model: digits_cnn             # zoo name, "pkg.mod:factory", "torchvision:<name>", "timm:<name>" [digits_cnn]
+    dataset: digits               # raysweep.data name (digits is embedded) or "pkg.mod:factory" [digits]
+    dataset_options: {}           # imagefolder's image_size/channels/mean/std; num_classes/input_size [{}]
     data_root: null               # dataset folder (checked by the sweep, not here) [null]
     dense: train                  # 'train' = train the dense model once per model/dataset and
                                   #   cache it; or a weights file (checked by the sweep) [train]
@@ -214,7 +215,7 @@ def _absolutise(raw: dict, file_base: Path, path_base: Path) -> None:
     for key in ("dense", "data_root"):
         value = raw.get(key)
         if isinstance(value, str) and value != DENSE_TRAIN:
-            raw[key] = str(path_base / Path(value).expanduser())
+            raw[key] = value if "://" in value else str(path_base / Path(value).expanduser())  # a URI as it is
     for point in raw["points"] if isinstance(raw.get("points"), list) else []:
         if isinstance(point, dict) and isinstance(point.get("config_file"), str):
             point["config_file"] = str(file_base / Path(point["config_file"]).expanduser())
@@ -241,12 +242,14 @@ def _reference_space(raw: Mapping, source: Optional[Path], method: Any) -> dict:
 
 
 # ------------------------------------------------------------------------- public API
-def load_space(spec: Union[str, os.PathLike, Mapping, None] = None, overrides: Sequence[str] = ()) -> SearchSpace:
+def load_space(spec: Union[str, os.PathLike, Mapping, None] = None, overrides: Sequence[str] = (),
+               fields: Optional[Mapping[str, Any]] = None) -> SearchSpace:  # fmt: skip
     """Read, override and check a space; every problem is raised at once as ``SpaceError``.
 
-    ``spec``: None (the shipped ``digits``), a shipped name, a file, or a mapping. ``overrides``
-    are ``key=value`` strings (dotted keys, YAML values). Dataset and dense weight files are
-    not required to exist here: the sweep checks them.
+    ``spec``: None (the shipped ``digits``), a shipped name, a file, or a mapping. ``fields``
+    replace whole keys (Python values: ``raysweep.run(..., trials=8, model=MyNet)``), then
+    ``overrides`` apply, ``key=value`` strings (dotted keys, YAML values). Dataset and dense
+    weight files are not required to exist here: the sweep checks them.
     """
     raw, source, file_base, path_base = _read(spec)
     overrides = list(overrides)
@@ -255,6 +258,7 @@ def load_space(spec: Union[str, os.PathLike, Mapping, None] = None, overrides: S
         overrides = [o for o in overrides if o.partition("=")[0].strip() != "method"]
         raw = _reference_space(raw, source, method)
     _absolutise(raw, file_base, path_base)
+    raw.update(fields or {})  # Python values: paths among them are the caller's, resolved later
     problems = Problems()
     for text in overrides:
         apply_override(raw, text, problems)

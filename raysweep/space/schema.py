@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
 import pruners
+from raysweep.config import source_name
 from pruners.allocation import FAMILIES, get_family
 from raysweep.config import RunConfig
 
@@ -40,9 +41,10 @@ HPARAM_TYPES: dict[str, type] = {
 DISTILL_TYPES: dict[str, type] = {"alpha": float, "temperature": float}
 # The YAML keys of a space; `ratios` is shorthand for targets that every listed method shares.
 SPACE_KEYS: tuple[str, ...] = (
-    "name", "model", "dataset", "data_root", "dense", "dense_epochs", "dense_lr", "trials", "search",
+    "name", "model", "dataset", "dataset_options", "data_root", "dense", "dense_epochs", "dense_lr", "trials", "search",
     "sampler", "seed", "scheduler", "measure_latency", "precision", "channels_last", "compile", "asha",
     "objectives", "resources", *HPARAM_TYPES, "distill", "methods", "ratios", "schedules", "points",
+    "tracking",
 )  # fmt: skip
 ALLOCATION_KEY = "allocation"  # the key inside a method's targets (no parameter is called that)
 _PERTURB = "perturb/"
@@ -181,6 +183,16 @@ class Resources:
 
 
 @dataclass
+class Tracking:
+    """Where the trials are logged besides the sweep's own files (raysweep.sweep.tracking): an
+    MLflow tracking server or store (``{tracking_uri, experiment}``; ``{}``: MLflow's defaults),
+    and TensorBoard event files in each trial's folder of the experiment."""
+
+    mlflow: Optional[dict[str, str]] = None
+    tensorboard: bool = False
+
+
+@dataclass
 class Asha:
     """ASHA's knobs; it stops trials on accuracy with ``time_attr="epoch"``."""
 
@@ -197,6 +209,7 @@ class SearchSpace:
     model: str = "digits_cnn"
     dataset: str = "digits"
     data_root: Optional[str] = None
+    dataset_options: dict[str, Any] = field(default_factory=dict)  # imagefolder's image_size, channels, mean, std...
     dense: str = DENSE_TRAIN  # DENSE_TRAIN or an absolute weights path
     dense_epochs: int = 20
     dense_lr: float = 0.05
@@ -227,6 +240,7 @@ class SearchSpace:
     allocations: dict[str, Allocation] = field(default_factory=dict)  # method -> its allocation section
     schedules: dict[str, dict[str, Param]] = field(default_factory=lambda: {"oneshot": {}})
     points: list[Point] = field(default_factory=list)
+    tracking: Tracking = field(default_factory=Tracking)
     source: Optional[Path] = None
 
     @property
@@ -248,7 +262,11 @@ def to_mapping(space: SearchSpace) -> dict[str, Any]:
     """The checked space in the YAML format (``load_space`` reads it back to an equal space,
     bar ``source``); a sweep saves it beside its results. Points carry their targets inline."""
     out = {key: getattr(space, key) for key in SPACE_KEYS if hasattr(space, key)}
+    for key in ("model", "dataset"):  # a Python callable is saved by its name (module:qualname)
+        if callable(out[key]):
+            out[key] = source_name(out[key])
     out.update(asha=dataclasses.asdict(space.asha), resources=dataclasses.asdict(space.resources))
+    out["tracking"] = dataclasses.asdict(space.tracking)
     out["methods"] = {m: {**t, **_allocation_yaml(space.allocations.get(m))} for m, t in space.methods.items()}
     out["points"] = [
         {"method": p.method, "ratios": p.targets, **_allocation_yaml(p.allocation), "schedule": p.schedule,

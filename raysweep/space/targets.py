@@ -19,19 +19,35 @@ STRICT_SKIP = frozenset({"nm"})
 
 
 
+def freeze(options: Any) -> tuple:
+    """Dataset options as a hashable key (lists as tuples), for the caches below."""
+    return tuple(sorted((k, tuple(v) if isinstance(v, list) else v) for k, v in dict(options or {}).items()))
+
+
 # ------------------------------------------------------------------------- targets vs model
 @functools.lru_cache(maxsize=8)
-def build_model(model: str, dataset: str) -> Any:
-    """The model with default weights on the meta device (only names and shapes are read)."""
+def build_model(model: Any, dataset: Any, data_root: Optional[str] = None, options: tuple = ()) -> Any:
+    """The model with default weights on the meta device (only names and shapes are read). An
+    external model (import path, torchvision:, timm:, a callable) is built for the dataset's
+    classes and input size, which needs the data."""
     import torch
 
-    from raysweep.models import create_model
+    from raysweep.models import create_model, is_external
 
+    shape: dict[str, Any] = {}
+    if is_external(model):
+        from raysweep.data import build_datasets
+
+        try:
+            info = build_datasets(dataset, data_root, options={k: list(v) if isinstance(v, tuple) else v for k, v in options})[2]
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(f"{exc} (an external model is built for its dataset's classes and input size)") from None
+        shape = {"num_classes": info.num_classes, "input_size": tuple(info.input_size)}
     try:
         with torch.device("meta"):
-            return create_model(model, dataset=dataset)
+            return create_model(model, dataset=dataset, **shape)
     except (RuntimeError, NotImplementedError):  # a constructor that needs real tensors
-        return create_model(model, dataset=dataset)
+        return create_model(model, dataset=dataset, **shape)
 
 
 def _resolve_one(model: Any, key: str) -> tuple[list[str], Optional[str]]:

@@ -15,7 +15,7 @@ from typing import Any, Mapping, Optional, Sequence
 
 import pruners
 from raysweep.config import RunConfig, Target
-from raysweep.space.schema import ALLOCATION_KEY, DISTILL_TYPES, HPARAM_TYPES, Dist, Param, Point, SearchSpace, representative
+from raysweep.space.schema import ALLOCATION_KEY, DISTILL_TYPES, HPARAM_TYPES, LATENCY_OBJECTIVES, Dist, Param, Point, SearchSpace, representative
 from raysweep.space.targets import build_model
 from raysweep.space.values import cast_like, cast_schedule_params
 
@@ -158,3 +158,18 @@ def trial_targets(space: SearchSpace, config: Mapping[str, Any], model: Optional
     if t.allocation:
         return resolve_allocation(model, t.method, t.targets, t.allocation)
     return pruners.resolve_targets(model, t.targets)
+
+
+def base_run_config(space: SearchSpace, weight_file: Optional[str]) -> RunConfig:
+    """What every trial of ``space`` shares before its own config is applied (``trial_run_config``)."""
+    r = space.resources
+    return RunConfig(
+        model=space.model, dataset=space.dataset, data_root=space.data_root, weight_file=weight_file,
+        dataset_options=dict(space.dataset_options),
+        seed=space.seed, workers=r.workers_per_trial, cpus_per_worker=r.cpus_per_worker,
+        use_gpu=bool(r.gpus_per_worker), max_failures=0, print_freq=0,
+        measure_latency=space.measure_latency or bool(LATENCY_OBJECTIVES & set(space.objectives)),
+        # A GPU share (0.25: four one-worker trials per GPU) reaches every run, dense training too.
+        gpus_per_worker=r.gpus_per_worker or RunConfig.gpus_per_worker,
+        precision=space.precision, channels_last=space.channels_last, compile=space.compile,
+    )

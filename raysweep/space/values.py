@@ -89,6 +89,11 @@ def a_string(v: Any) -> Optional[str]:
     return None if isinstance(v, str) and v else f"must be a non-empty string, got {v!r}"
 
 
+def name_or_callable(v: Any) -> Optional[str]:
+    """A model or dataset: a name, an import path, or (from Python) the callable itself."""
+    return None if callable(v) else a_string(v)
+
+
 def optional_string(v: Any) -> Optional[str]:
     return None if v is None else a_string(v)
 

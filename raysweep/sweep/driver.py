@@ -13,21 +13,27 @@ from __future__ import annotations
 
 import logging
 import signal
-from dataclasses import dataclass
+import threading
+import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Optional
 
 from raysweep import ray_env
-from raysweep.config import RunConfig
+from raysweep import storage as locations
+from raysweep.config import folder_label
 from raysweep.errors import RunInputError, first_line
-from raysweep.results.collect import save_sweep_info
-from raysweep.space import DENSE_TRAIN, LATENCY_OBJECTIVES, SearchSpace, to_tune, trial_run_config
+from raysweep.results.collect import load_sweep_info, save_sweep_info
+from raysweep.space import DENSE_TRAIN, SearchSpace, to_tune, trial_run_config
+from raysweep.space.tune import base_run_config
 from raysweep.sweep import pool  # noqa: F401 -- registers the `pool` executor
+from raysweep.sweep.baseline import dense_baseline, record_baseline
 from raysweep.sweep.executors import EXECUTORS, Executor, SweepContext, get_executor, max_concurrent_trials, trial_folder
 from raysweep.sweep.guard import Interruptions, StorageGuard
 from raysweep.sweep.progress import ProgressView
 from raysweep.sweep.search_algs import build_scheduler, build_search_alg, trial_dirname
-from raysweep.trial.checkpoint import StorageError, record_failure, recorded_failure
+from raysweep.sweep.tracking import Tracker, start_tracking
+from raysweep.trial.checkpoint import STORAGE_ERRORS, StorageError, record_failure, recorded_failure
 
 log = logging.getLogger("raysweep.sweep")
 
@@ -59,32 +65,19 @@ def run_trial(config: dict[str, Any], context: SweepContext) -> None:
         raise
 
 
-def base_run_config(space: SearchSpace, weight_file: Optional[str]) -> RunConfig:
-    r = space.resources
-    return RunConfig(
-        model=space.model, dataset=space.dataset, data_root=space.data_root, weight_file=weight_file,
-        seed=space.seed, workers=r.workers_per_trial, cpus_per_worker=r.cpus_per_worker,
-        use_gpu=bool(r.gpus_per_worker), max_failures=0, print_freq=0,
-        measure_latency=space.measure_latency or bool(LATENCY_OBJECTIVES & set(space.objectives)),
-        # A GPU share (0.25: four one-worker trials per GPU) reaches every run, dense training too.
-        gpus_per_worker=r.gpus_per_worker or RunConfig.gpus_per_worker,
-        precision=space.precision, channels_last=space.channels_last, compile=space.compile,
-    )
-
-
-def dense_weights(space: SearchSpace, storage: Path, address: Optional[str]) -> str:
+def dense_weights(space: SearchSpace, storage: locations.Location, address: Optional[str]) -> str:
     """A weights path for every trial: the space's file, or one dense training cached per
     model/dataset/recipe under ``<storage>/dense/`` (never one per trial)."""
     if space.dense != DENSE_TRAIN:
         return space.dense
-    name = f"{space.dataset}-{space.model}-e{space.dense_epochs}-lr{space.dense_lr:g}-s{space.seed}"
-    cached = storage / "dense" / name / "final.pt"
-    if cached.is_file():
+    name = f"{folder_label(space.dataset)}-{folder_label(space.model)}-e{space.dense_epochs}-lr{space.dense_lr:g}-s{space.seed}"
+    cached = locations.join(storage, "dense", name, "final.pt")
+    if locations.is_file(cached):
         log.info("dense weights: cached %s", cached)
         return str(cached)
     log.info("dense weights: training %s once (%d epochs)", name, space.dense_epochs)
     cfg = base_run_config(space, None)
-    cfg.epochs, cfg.lr, cfg.output, cfg.name, cfg.max_failures = space.dense_epochs, space.dense_lr, str(storage / "dense"), name, 1
+    cfg.epochs, cfg.lr, cfg.output, cfg.name, cfg.max_failures = space.dense_epochs, space.dense_lr, str(locations.join(storage, "dense")), name, 1
     cfg.workers = 1
     from raysweep.trial.runner import execute
 
@@ -101,12 +94,13 @@ def planned_trials(space: SearchSpace) -> Optional[int]:
 class SweepRun:
     """How a sweep ended: its folder, and what stopped it early, if anything."""
 
-    exp_dir: Path
+    exp_dir: locations.Location  # <storage>/<name>: a folder or a URI
     signal_exit: Optional[int] = None  # 130 (SIGINT) / 143 (SIGTERM): stopped with trials unfinished
     storage_error: Optional[StorageError] = None  # the storage failed under the trials
+    trackers: list[Tracker] = field(default_factory=list)  # to hand the reports to (finish_tracking)
 
 
-def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = False, address: Optional[str] = None,
+def run_sweep(space: SearchSpace, storage: locations.Location, name: str, *, resume: bool = False, address: Optional[str] = None,
               info: Optional[dict[str, Any]] = None, verbose: bool = False) -> SweepRun:  # fmt: skip
     """Run (or resume) the sweep. Inputs must be checked.
 
@@ -123,20 +117,28 @@ def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = Fa
     ray_env.init_ray(address, log_to_driver=verbose)
     # As many trials at once as fit; the pool starts as many worker groups, one per running trial.
     concurrency = fits(executor, ray.cluster_resources(), "the Ray cluster")
-    storage = storage.expanduser().resolve()
-    exp_dir = storage / name
+    storage = locations.absolute(storage)
+    exp_dir = locations.join(storage, name)
+    # Before anything is written: a tracker that cannot start is bad input, like the storage.
+    trackers = start_tracking(space, exp_dir)
     if info is not None:
-        save_sweep_info(exp_dir, info)
+        try:
+            save_sweep_info(exp_dir, info)
+        except STORAGE_ERRORS as exc:  # the first write: credentials that may read but not write
+            raise RunInputError(f"--storage: cannot write in {exp_dir}: {first_line(exc)}") from None
     with Interruptions() as interruptions:
         weights = dense_weights(space, storage, address)
         base = base_run_config(space, weights)
+        if "dense" not in load_sweep_info(exp_dir):  # a resumed sweep has its baseline already
+            record_baseline(exp_dir, dense_baseline(space, weights, base.to_dict()))
         dispatcher = executor.start(base, concurrency, exp_dir, planned_trials(space))
         guard = StorageGuard()
         progress = ProgressView(planned_trials(space), concurrency, header=_header(space, name, exp_dir, executor, concurrency, resume))
         try:
-            context = SweepContext(space, base, str(exp_dir / "trials"), executor.name, dispatcher)
+            context = SweepContext(space, base, str(locations.join(exp_dir, "trials")), executor.name, dispatcher)
             tuner = _tuner(space, context, executor, exp_dir, name, storage, resume, concurrency)
-            _use_callbacks(tuner, [*executor.callbacks(), guard, progress])
+            tracking = [c for t in trackers for c in t.callbacks()]
+            _use_callbacks(tuner, [*executor.callbacks(), *tracking, guard, progress])
             sigint = _SigintMarker()
             try:
                 tuner.fit()
@@ -147,7 +149,7 @@ def run_sweep(space: SearchSpace, storage: Path, name: str, *, resume: bool = Fa
     signal_exit = None
     if progress.unfinished() and not guard.tripped:
         signal_exit = 143 if interruptions.received == signal.SIGTERM else 130 if sigint_seen else None
-    return SweepRun(exp_dir, signal_exit, guard.error)
+    return SweepRun(exp_dir, signal_exit, guard.error, trackers)
 
 
 class _SigintMarker:
@@ -156,13 +158,18 @@ class _SigintMarker:
 
     def __init__(self) -> None:
         self.previous = signal.getsignal(signal.SIGINT)
-        signal.signal(signal.SIGINT, self._marker)
+        # Off the main thread (a sweep run from a thread) there are no handlers to watch.
+        self.installed = threading.current_thread() is threading.main_thread()
+        if self.installed:
+            signal.signal(signal.SIGINT, self._marker)
 
     @staticmethod
     def _marker(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
 
     def seen(self) -> bool:
+        if not self.installed:
+            return False
         seen = signal.getsignal(signal.SIGINT) is self._marker
         signal.signal(signal.SIGINT, self.previous)
         return seen
@@ -189,24 +196,38 @@ def fits(executor: Executor, resources: dict[str, float], where: str) -> int:
         raise RunInputError(str(exc)) from None
 
 
-def _tuner(space: SearchSpace, context: SweepContext, executor: Executor, exp_dir: Path, name: str, storage: Path,
-           resume: bool, concurrency: int):  # fmt: skip
+def _tuner(space: SearchSpace, context: SweepContext, executor: Executor, exp_dir: locations.Location, name: str,
+           storage: locations.Location, resume: bool, concurrency: int):  # fmt: skip
     import ray.tune as tune
 
     trainable = tune.with_resources(tune.with_parameters(run_trial, context=context), executor.trial_resources())
-    if resume and tune.Tuner.can_restore(str(exp_dir)):
+    storage_path, fs = tune_storage(storage)
+    experiment = str(exp_dir) if fs is None else f"{storage_path}/{name}"
+    if resume and tune.Tuner.can_restore(experiment, storage_filesystem=fs):
         log.info("resuming %s: finished trials are kept, unfinished ones continue", exp_dir)
         # Failed trials are retried too: those the storage failed under train again, those that
         # failed on their own fail again at once with their recorded error (run_trial).
-        return tune.Tuner.restore(str(exp_dir), trainable=trainable, resume_unfinished=True, resume_errored=True)
+        started = time.monotonic()
+        tuner = tune.Tuner.restore(experiment, trainable=trainable, resume_unfinished=True, resume_errored=True, storage_filesystem=fs)
+        log.info("restored the experiment from %s in %.1f s", exp_dir, time.monotonic() - started)
+        return tuner
     param_space, points = to_tune(space)
     if points:
         param_space["point"] = -1
     run_config = tune.RunConfig(
-        name=name, storage_path=str(storage), verbose=0,
+        name=name, storage_path=storage_path, storage_filesystem=fs, verbose=0,
         failure_config=tune.FailureConfig(max_failures=0), callbacks=executor.callbacks(),
     )  # fmt: skip
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config(space, points, concurrency), run_config=run_config)
+
+
+def tune_storage(storage: locations.Location) -> tuple[str, Any]:
+    """``(storage_path, storage_filesystem)`` for Tune: a folder as it is; a URI as the path on
+    the filesystem raysweep writes through, so that Tune and raysweep see the same objects."""
+    if not locations.is_uri(storage):
+        return str(storage), None
+    fs, path = locations.resolve(storage)
+    return path, fs
 
 
 def tune_config(space: SearchSpace, points: list[dict], concurrency: int):

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from raysweep import storage
 from raysweep.config import RunConfig
 from raysweep.space import Resources, SearchSpace
 
@@ -33,7 +34,7 @@ class SweepContext:
 
     space: SearchSpace
     base: RunConfig
-    trials_dir: str  # <experiment>/trials: each trial's checkpoints under <trial_id>/
+    trials_dir: str  # <experiment>/trials (a folder or a URI): each trial's checkpoints under <trial_id>/
     executor: str  # resolved name, decided once in the driver
     dispatcher: Any = None  # the pool's dispatcher actor, for the `pool` executor
 
@@ -100,8 +101,9 @@ def get_executor(space: SearchSpace) -> Executor:
     return EXECUTORS[resolve_executor(space.resources)](space.resources)
 
 
-def trial_folder(context: SweepContext, trial_id: str) -> Path:
-    return Path(context.trials_dir) / trial_id
+def trial_folder(context: SweepContext, trial_id: str) -> storage.Location:
+    """``<experiment>/trials/<trial_id>``: a local folder or a storage URI (raysweep.storage)."""
+    return storage.join(context.trials_dir, trial_id)
 
 
 @register_executor("inprocess")
@@ -116,11 +118,13 @@ class InProcess(Executor):
 
     @staticmethod
     def run(context: SweepContext, cfg: RunConfig, trial_id: str) -> None:
+        from raysweep.trial.logs import trial_log
         from raysweep.trial.loop import run_loop
         from raysweep.trial.sessions import TuneSession
 
-        session = TuneSession(trial_folder(context, trial_id), use_gpu=cfg.use_gpu)
-        run_loop({"run": cfg.to_dict(), "run_dir": ""}, session)
+        folder = trial_folder(context, trial_id)
+        with trial_log(folder):
+            run_loop({"run": cfg.to_dict(), "run_dir": ""}, TuneSession(folder, use_gpu=cfg.use_gpu))
 
 
 @register_executor("trainer")

@@ -6,7 +6,7 @@ import argparse
 import logging
 import sys
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Any, Callable, Optional
 
 from raysweep.config import RunConfig
 from raysweep.trial.optim import LR_SCHEDULES
@@ -33,6 +33,8 @@ def base_parser(prog: str, description: str, defaults: RunConfig) -> argparse.Ar
     p = argparse.ArgumentParser(prog=prog, description=description)
     add = p.add_argument
     add("--data_root", default=defaults.data_root, help="folder holding the dataset in torchvision's layout (never downloaded)")
+    add("--dataset_option", dest="dataset_options", action="append", type=key_value, default=None, metavar="KEY=VALUE",
+        help="an option of the dataset, e.g. image_size=28 channels=1 for imagefolder, num_classes=5 for your own (repeatable)")
     add("--model", default=defaults.model, help="model name (see raysweep.models.list_models())")
     add("--dataset", default=defaults.dataset, help="digits (embedded), cifar10, cifar100, mnist, imagenet, imagefolder")
     add("--batch_size", type=int, default=defaults.batch_size, help="global batch size, split across workers")
@@ -69,14 +71,31 @@ def base_parser(prog: str, description: str, defaults: RunConfig) -> argparse.Ar
     return p
 
 
+def key_value(text: str) -> tuple[str, Any]:
+    """``image_size=28`` -> ("image_size", 28); values are YAML (numbers, lists)."""
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    return key.strip(), yaml.safe_load(value)
+
+
+def absolute(path: Optional[str]) -> Optional[str]:
+    """A path the user gave, against the working directory of the command (Ray's workers run
+    elsewhere); None stays None."""
+    return str(Path(path).expanduser().resolve()) if path else path
+
+
 def config_from_args(args: argparse.Namespace) -> RunConfig:
     return RunConfig(
-        model=args.model, dataset=args.dataset, data_root=args.data_root, pretrained=args.pretrained,
-        weight_file=args.weight_file, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        model=args.model, dataset=args.dataset, data_root=absolute(args.data_root), pretrained=args.pretrained,
+        dataset_options=dict(args.dataset_options or []),
+        weight_file=absolute(args.weight_file), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         wd=args.wd, lr_decay_milestones=list(args.lr_decay_milestones), seed=args.seed,
         workers=args.workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
         sync_bn=args.sync_bn, max_failures=args.max_failures, print_freq=args.print_freq,
-        log_tag=args.log_tag, output=args.output, name=args.name,
+        log_tag=args.log_tag, output=absolute(args.output), name=args.name,
         lr_schedule=args.lr_schedule, warmup_epochs=args.warmup_epochs, label_smoothing=args.label_smoothing,
         distill_alpha=args.distill_alpha, distill_temperature=args.distill_temperature, precision=args.precision,
         channels_last=args.channels_last, compile=args.compile, gpus_per_worker=args.gpus_per_worker,
@@ -85,18 +104,20 @@ def config_from_args(args: argparse.Namespace) -> RunConfig:
 
 def run_cli(args: argparse.Namespace, build: Callable[[argparse.Namespace], RunConfig], prog: str) -> int:
     """Check inputs before Ray, run, print where the results are. Exit 0 / 1 (run failed) / 2 (bad input)."""
-    from raysweep.errors import RunInputError
+    from raysweep.errors import RunInputError, check_name
     from raysweep.trial.runner import check_inputs, execute
 
     logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     resume = args.resume is not None
     try:
         if resume:
-            cfg = RunConfig.load(_resume_config(args.resume))
+            cfg = resumed_config(args.resume)
             if args.epochs_given:  # continue for more epochs than first planned
                 cfg.epochs = args.epochs
         else:
             cfg = build(args)
+            if cfg.name is not None:
+                check_name(cfg.name)
         check_inputs(cfg)
         result = execute(cfg, resume=resume, address=args.address)
     except (RunInputError, ValueError, FileNotFoundError) as exc:
@@ -112,11 +133,17 @@ def run_cli(args: argparse.Namespace, build: Callable[[argparse.Namespace], RunC
     return 0
 
 
-def _resume_config(run_dir: str) -> Path:
+def resumed_config(run_dir: str) -> RunConfig:
+    """The config a run was started with; its newest checkpoint must load before Ray starts."""
+    from raysweep.trial.checkpoint import CheckpointFolder, read_checkpoint
+
     path = Path(run_dir) / "config.json"
     if not path.is_file():
         raise FileNotFoundError(f"--resume {run_dir}: no config.json there; pass a run directory made by raysweep")
-    return path
+    newest = CheckpointFolder(run_dir).newest_path()
+    if newest is not None:
+        read_checkpoint(newest)  # a CheckpointError (exit 2) names the file and torch's reason
+    return RunConfig.load(path)
 
 
 def main_with(parser: argparse.ArgumentParser, build, prog: str, argv: Optional[list[str]]) -> int:

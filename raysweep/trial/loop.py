@@ -66,7 +66,7 @@ def run_loop(config: dict[str, Any], session: LoopSession) -> None:
     device = session.device()
     compute = Compute(cfg.precision, device, cfg.channels_last)  # fp16 without CUDA stops here
 
-    train_ds, val_ds, info = build_datasets(cfg.dataset, cfg.data_root)
+    train_ds, val_ds, info = build_datasets(cfg.dataset, cfg.data_root, options=cfg.dataset_options)
     new_model = functools.partial(create_model, cfg.model, num_classes=info.num_classes, dataset=cfg.dataset, pretrained=cfg.pretrained)
     model = new_model()
     if cfg.weight_file:

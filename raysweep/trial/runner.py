@@ -11,13 +11,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from raysweep import ray_env
+from raysweep import ray_env, storage
 from raysweep.config import RunConfig
 from raysweep.errors import RunInputError, first_line
 from raysweep.trial.checkpoint import CHECKPOINT_FILE, CheckpointError, load_weights, read_checkpoint
@@ -31,15 +30,17 @@ def check_inputs(cfg: RunConfig) -> None:
 
     import pruners
     from raysweep.data import build_datasets
-    from raysweep.models import create_model
+    from raysweep.models import check_on_sample, create_model, describe
 
     problems: list[str] = []
     try:
-        _, _, info = build_datasets(cfg.dataset, cfg.data_root)
+        _, val, info = build_datasets(cfg.dataset, cfg.data_root, options=cfg.dataset_options)
     except (ValueError, FileNotFoundError) as exc:
         raise RunInputError(str(exc)) from None
     try:
-        model = create_model(cfg.model, num_classes=info.num_classes, dataset=cfg.dataset, pretrained=cfg.pretrained)
+        model = create_model(cfg.model, num_classes=info.num_classes, input_size=tuple(info.input_size),
+                             dataset=cfg.dataset, pretrained=cfg.pretrained)  # fmt: skip
+        check_on_sample(model, val[0], info.num_classes, describe(cfg.model))
     except (ValueError, FileNotFoundError) as exc:
         raise RunInputError(str(exc)) from None
     if cfg.weight_file:
@@ -59,7 +60,7 @@ def check_inputs(cfg: RunConfig) -> None:
             if not cfg.targets and not cfg.allocation:
                 problems.append("a prune run needs targets: --config_file or --ratio")
             else:
-                pruners.resolve_targets(model, cfg.targets)
+                _warn_about_targets(model, cfg, pruners.resolve_targets(model, cfg.targets))
         except ValueError as exc:
             problems.append(str(exc))
     for name in ("epochs", "batch_size", "workers"):
@@ -74,6 +75,21 @@ def check_inputs(cfg: RunConfig) -> None:
     problems += training_problems(cfg)
     if problems:
         raise RunInputError("\n".join(problems))
+
+
+def _warn_about_targets(model: Any, cfg: RunConfig, resolved: dict[str, Any]) -> None:
+    """What runs but is almost never meant: random weights pruned, classes removed, no layer pruned."""
+    import pruners
+    from raysweep.space.targets import warn_if_classes_go
+
+    if not cfg.weight_file:
+        log.warning("no --weight_file: pruning a randomly initialised %s (pass the dense weights to prune a trained model)", cfg.model)
+    warn_if_classes_go(model, cfg.method, resolved, "--prune_type")
+    pruned = {n: t for n, t in resolved.items() if t not in (0, 0.0)}
+    skipped = {n: pruners.skip_reason(cfg.method, model.get_parameter(n).shape, t) for n, t in pruned.items()}
+    if pruned and all(skipped.values()):
+        log.warning("%s prunes none of the targeted layers, so the model stays dense: %s", cfg.method,
+                    "; ".join(f"{n}: {why}" for n, why in skipped.items()))  # fmt: skip
 
 
 def training_problems(cfg: RunConfig) -> list[str]:
@@ -158,10 +174,10 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 @dataclass
 class RunResult:
-    run_dir: Path
+    run_dir: storage.Location  # a folder, or a storage URI (a sweep's dense run on an object store)
     metrics: dict[str, Any]
-    final_checkpoint: Path
-    best_checkpoint: Optional[Path]
+    final_checkpoint: storage.Location
+    best_checkpoint: Optional[storage.Location]
 
 
 def fresh_run_dir(cfg: RunConfig) -> RunConfig:
@@ -189,33 +205,35 @@ def execute(cfg: RunConfig, *, resume: bool = False, address: Optional[str] = No
     check_fits(cfg, ray.cluster_resources(), "the Ray cluster")
     if not resume:
         cfg = fresh_run_dir(cfg)
-    run_dir = cfg.run_dir()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    cfg.save(run_dir / "config.json")
+    remote = storage.is_uri(cfg.output)  # Ray Train writes there itself; the run's files follow it
+    run_dir = storage.join(cfg.output, cfg.run_name()) if remote else cfg.run_dir()
+    storage.makedirs(run_dir)
+    storage.write_text(storage.join(run_dir, "config.json"), cfg.to_json())
     started = time.time()
-    trainer = build_trainer(cfg, str(run_dir.parent), run_dir.name, run_dir=str(run_dir))
+    trainer = build_trainer(cfg, str(storage.parent(run_dir)), storage.name(run_dir), run_dir="" if remote else str(run_dir))
     result = trainer.fit()
     return collect_run(result, run_dir, wall_s=time.time() - started)
 
 
-def collect_run(result, run_dir: Path, wall_s: float) -> RunResult:
-    """Turn a Ray Train ``Result`` into the run directory's files."""
+def collect_run(result, run_dir: storage.Location, wall_s: float) -> RunResult:
+    """Turn a Ray Train ``Result`` into the run directory's files (a folder or a storage URI).
+    ``final.pt`` comes last: a run directory holding it is complete (a sweep's dense cache)."""
     import pandas as pd
 
-    final_ckpt = run_dir / "final.pt"
-    with result.checkpoint.as_directory() as d:
-        shutil.copyfile(Path(d) / CHECKPOINT_FILE, final_ckpt)
-    best_ckpt: Optional[Path] = None
+    final_ckpt = storage.join(run_dir, "final.pt")
+    best_ckpt: Optional[storage.Location] = None
     finals = [(c, m) for c, m in (result.best_checkpoints or []) if m.get("final")]
     if finals:
         best, _ = max(finals, key=lambda cm: cm[1]["score"])
-        best_ckpt = run_dir / "best.pt"
+        best_ckpt = storage.join(run_dir, "best.pt")
         with best.as_directory() as d:
-            shutil.copyfile(Path(d) / CHECKPOINT_FILE, best_ckpt)
-    final = read_checkpoint(final_ckpt)
-    pd.DataFrame(final.history).to_csv(run_dir / "metrics.csv", index=False)
-    pd.DataFrame(final.layers).to_csv(run_dir / "layers.csv", index=False)
-    metrics = dict(result.metrics)
-    summary = {**metrics, "wall_s": wall_s, "final_checkpoint": str(final_ckpt), "best_checkpoint": str(best_ckpt) if best_ckpt else None}
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2, default=str) + "\n")
+            storage.upload_file(Path(d) / CHECKPOINT_FILE, best_ckpt)
+    with result.checkpoint.as_directory() as d:
+        final = read_checkpoint(Path(d) / CHECKPOINT_FILE)
+        storage.write_text(storage.join(run_dir, "metrics.csv"), pd.DataFrame(final.history).to_csv(index=False))
+        storage.write_text(storage.join(run_dir, "layers.csv"), pd.DataFrame(final.layers).to_csv(index=False))
+        metrics = dict(result.metrics)
+        summary = {**metrics, "wall_s": wall_s, "final_checkpoint": str(final_ckpt), "best_checkpoint": str(best_ckpt) if best_ckpt else None}
+        storage.write_text(storage.join(run_dir, "summary.json"), json.dumps(summary, indent=2, default=str) + "\n")
+        storage.upload_file(Path(d) / CHECKPOINT_FILE, final_ckpt)
     return RunResult(run_dir, metrics, final_ckpt, best_ckpt)
