@@ -8,6 +8,12 @@ Nothing here imports Ray, so the package is usable on its own::
     pruners.step(model, fraction=1.0)                             # recompute masks
     pruners.prepare(model, {"*": 0.5}, "channel", example_input=torch.zeros(1, 3, 32, 32))
     pruners.squash(model)                                         # plain weights, zeros kept
+
+Weights are masked in the layout the methods define, (out, in / groups, *kernel): Conv1d/2d/3d and
+Linear as stored, a transposed conv's (in, out / groups, *kernel) regrouped (``pruners.layout``).
+A layer a method cannot prune (a 1x1 kernel for ``pattern``, MultiheadAttention's bare
+``in_proj_weight``, a model torch.fx cannot trace for ``channel``) stays dense, named once in the
+log with its reason and in ``PruneReport.skipped``.
 """
 from pruners.targets import Target, parse_nm, validate_target
 from pruners.registry import (
@@ -23,6 +29,7 @@ from pruners.registry import (
 
 # Importing a method module registers its methods; list_methods() follows this order.
 from pruners import structured, patterns, channel_method  # noqa: F401  isort: skip
+from pruners.channel_ops import UntraceableModel
 from pruners.ratio_config import load_ratio_config, prunable_parameters, resolve_targets
 from pruners.masking import (
     PruneReport,
@@ -45,6 +52,7 @@ __all__ = [
     "PruneReport",
     "SCHEDULES",
     "Target",
+    "UntraceableModel",
     "WeightMask",
     "check_target",
     "compute_mask",

@@ -21,10 +21,11 @@ from collections import defaultdict
 from typing import Any, Optional
 
 import torch
-from torch import nn
+from torch import fx, nn
 
 from pruners.channel_group import ChannelGroup
-from pruners.group_cache import model_groups
+from pruners.channel_ops import UntraceableModel
+from pruners.group_cache import cached_groups, model_groups
 from pruners.importance import get_importance, taylor_gradients
 from pruners.plan import GraphHooks, MaskPlan
 from pruners.registry import register_method
@@ -85,13 +86,42 @@ def _options(options: dict[str, Any], model: nn.Module) -> str:
     return importance.name
 
 
+def _no_group_reason(model: nn.Module, name: str, graph: Optional[fx.Graph]) -> str:
+    """Why no channel group holds ``name``'s output channels: the layer runs inside a module the tracer
+    keeps whole (MultiheadAttention, a transformer layer), or the tracer cannot follow what it emits."""
+    mod_name = name.rpartition(".")[0]
+    calls = {str(n.target): n for n in graph.nodes if n.op == "call_module"} if graph is not None else {}
+    if mod_name not in calls:
+        outer = next((m for m in calls if mod_name.startswith(m + ".")), None)
+        if outer is not None:
+            return f"it runs inside {type(model.get_submodule(outer)).__name__} {outer}, which the channel tracer keeps whole"
+        return "its output channels belong to no channel group the tracer found"
+    node, module = calls[mod_name], model.get_submodule(mod_name)
+    source = node.args[0] if node.args and isinstance(node.args[0], fx.Node) else None
+    meta = source.meta.get("tensor_meta") if source is not None else None
+    rank = len(meta.shape) if hasattr(meta, "shape") else None
+    if isinstance(module, nn.Linear) and rank not in (None, 2):
+        return f"it is a Linear on a {rank}-D input (features last); the channel tracer follows channels along dim 1"
+    if getattr(module, "transposed", False):
+        return "it is a transposed conv, whose channels the channel tracer does not follow"
+    return "its output channels belong to no channel group the tracer found"
+
+
 def channel_plan(model: nn.Module, resolved: dict[str, Target], example_input: Optional[torch.Tensor], options: dict[str, Any]) -> MaskPlan:
-    """Targets -> groups (through any member's name) -> every tensor the groups' channels live in."""
+    """Targets -> groups (through any member's name) -> every tensor the groups' channels live in.
+
+    A model torch.fx cannot trace has no groups: every target is left dense with that reason."""
     if example_input is None:
         raise ValueError("method 'channel' traces the model: pass example_input= (a batch, e.g. torch.zeros(1, 3, 32, 32))")
     importance = _options(options, model)
-    groups = model_groups(model, example_input)
+    for name, target in resolved.items():
+        require_ratio("channel", target)
+    try:
+        groups = model_groups(model, example_input)
+    except UntraceableModel as exc:
+        return MaskPlan(skipped={name: f"channel groups come from the model's graph, and {exc}" for name in resolved})
     _JUST_PLANNED.add(model)
+    graph = (cached_groups(model, example_input) or (None,))[0]
     where = {name: i for i, g in enumerate(groups) for name in group_members(model, g)}
     plan = MaskPlan()
     named: dict[int, dict[str, float]] = defaultdict(dict)
@@ -99,7 +129,7 @@ def channel_plan(model: nn.Module, resolved: dict[str, Target], example_input: O
         ratio = require_ratio("channel", target)
         i = where.get(name)
         if i is None:
-            plan.skipped[name] = "its output channels belong to no channel group the tracer found"
+            plan.skipped[name] = _no_group_reason(model, name, graph)
         elif not groups[i].free:
             plan.skipped[name] = f"its output channels are fixed: {groups[i].fixed_reason}"
         else:

@@ -13,7 +13,7 @@ from torch import fx, nn
 from pruners.weight_mask import modules_of
 
 __all__ = [
-    "CONCATS", "ELEMENTWISE_BINARY", "ELEMENTWISE_BINARY_METHODS", "FLATTENS", "JOINING", "PASSTHROUGH_FUNCTIONS",
+    "UntraceableModel", "symbolic_trace", "CONCATS", "ELEMENTWISE_BINARY", "ELEMENTWISE_BINARY_METHODS", "FLATTENS", "JOINING", "PASSTHROUGH_FUNCTIONS",
     "PASSTHROUGH_METHODS", "PASSTHROUGH_MODULES", "SHAPE_QUERIES", "SPATIAL_REDUCTIONS", "SPLITS", "Meta", "Observer", "Tracer", "ZERO_KEEPING", "ZERO_KEEPING_MODULES", "call_dim", "graph_of", "modules_of", "plain_type", "reduced_dims", "structure", "trace", "trace_run",
 ]  # fmt: skip
 
@@ -67,6 +67,20 @@ class Tracer(fx.Tracer):
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         leaf_types = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.PReLU)
         return isinstance(m, leaf_types) or super().is_leaf_module(m, qualname)
+
+
+class UntraceableModel(ValueError):
+    """``torch.fx`` cannot trace the model (data-dependent Python control flow, say): whatever needs
+    its graph (channel groups, follower masks, compaction) is skipped, and says so with this reason."""
+
+
+def symbolic_trace(model: nn.Module) -> fx.Graph:
+    """``Tracer().trace(model)``; any failure is an ``UntraceableModel`` naming the model and the cause."""
+    try:
+        return Tracer().trace(model)
+    except Exception as exc:  # noqa: BLE001 -- fx fails in many ways on user code; all mean "no graph"
+        cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise UntraceableModel(f"torch.fx cannot trace {type(model).__name__} ({cause})") from exc
 
 
 def reduced_dims(node: fx.Node, rank: int) -> set[int] | None:
@@ -170,7 +184,7 @@ def graph_of(model: nn.Module) -> fx.Graph:
     cached = _GRAPHS.get(model)
     if cached is not None and cached[0] == key:
         return cached[1]
-    graph = Tracer().trace(model)
+    graph = symbolic_trace(model)
     _GRAPHS[model] = (key, graph)
     return graph
 

@@ -26,7 +26,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from pruners.channel_group import ChannelGroup, keep_channels
-from pruners.channel_ops import graph_of
+from pruners.channel_ops import UntraceableModel, graph_of
 from pruners.channels import groups_of, trace_run
 from pruners.group_cache import cached_groups
 from pruners.compact_fold import BiasMapConv2d, ChannelStats, Plan, analyse, bn_after, fold_delta
@@ -266,7 +266,8 @@ def compact(
     checked against the masked model on a random probe batch (``report.max_abs_diff``).
     ``fold_borders`` also removes dead channels whose constant (masks that kept BatchNorm alive)
     a padded conv sees differently at the borders, via per-position bias maps: the result then
-    runs at ``example_input``'s spatial size only. A model torch.fx cannot trace is a ValueError.
+    runs at ``example_input``'s spatial size only. A model torch.fx cannot trace is a ValueError
+    (``pruners.channel_ops.UntraceableModel``) that says why.
     """
     probe = _probe(example_input, probe_batch, seed)
     hit = cached_groups(model, probe)  # the channel method's own trace of this model
@@ -279,8 +280,11 @@ def compact(
     else:
         try:  # the copy computes the masked model's function, without masks to apply
             graph, expected = trace_run(work, probe, stats.observe, graph=graph_of(model))
-        except Exception as exc:
-            raise ValueError(f"cannot compact {type(model).__name__}: torch.fx tracing failed ({exc})") from exc
+        except UntraceableModel as exc:
+            raise UntraceableModel(f"cannot compact: {exc}") from exc
+        except Exception as exc:  # noqa: BLE001 -- the graph runs user code: any failure means no compaction
+            cause = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise ValueError(f"cannot compact {type(model).__name__}: its traced forward failed ({cause})") from exc
         groups = groups_of(graph, work)
     report = CompactReport(params_before=_params(work))
     plans = [Plan(g, d) for g in groups if g.free and (d := dead_channels(work, g)).any()]

@@ -18,7 +18,8 @@ import torch
 from torch import fx, nn
 
 from pruners.channel_group import is_depthwise
-from pruners.channel_ops import PASSTHROUGH_FUNCTIONS, PASSTHROUGH_METHODS, PASSTHROUGH_MODULES, Tracer
+from pruners.channel_ops import PASSTHROUGH_FUNCTIONS, PASSTHROUGH_METHODS, PASSTHROUGH_MODULES, UntraceableModel, symbolic_trace
+from pruners.layout import out_channels
 from pruners.plan import MaskPlan
 
 __all__ = ["derived_mask", "follower_plan", "private_followers", "rows_alive", "unexpand"]
@@ -65,17 +66,17 @@ def private_followers(model: nn.Module) -> dict[str, list[tuple[str, str]]]:
     A model ``torch.fx`` cannot trace gets no followers (its dead filters keep their constants).
     """
     try:
-        graph = Tracer().trace(model)
-    except Exception as exc:  # noqa: BLE001 -- data-dependent Python: fall back to weight masks only
-        logger.info("no follower masks: torch.fx cannot trace %s (%s)", type(model).__name__, exc)
+        graph = symbolic_trace(model)
+    except UntraceableModel as exc:  # data-dependent Python: fall back to weight masks (and biases) only
+        logger.info("no follower masks (BatchNorm, depthwise convs after a dead filter): %s", exc)
         return {}
     modules = dict(model.named_modules())
     calls = Counter(str(n.target) for n in graph.nodes if n.op == "call_module")
     out: dict[str, list[tuple[str, str]]] = {}
     for node in graph.nodes:
         m = modules.get(str(node.target)) if node.op == "call_module" else None
-        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)) and calls[str(node.target)] == 1:
-            out[str(node.target)] = _walk(node, modules, calls, m.weight.shape[0])
+        if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear)) and calls[str(node.target)] == 1:
+            out[str(node.target)] = _walk(node, modules, calls, out_channels(m))
     return out
 
 
@@ -88,7 +89,7 @@ def follower_plan(model: nn.Module, pruned: Sequence[str], plan: MaskPlan) -> No
             continue
         module = model.get_submodule(mod_name)
         source = ((name, 0, 1),)
-        if isinstance(getattr(module, "bias", None), torch.Tensor) and not isinstance(module, nn.modules.conv._ConvTransposeNd):
+        if isinstance(getattr(module, "bias", None), torch.Tensor):  # one per output channel, transposed or not
             plan.follow(f"{mod_name}.bias", source)
         for fmod, fparam in private.get(mod_name, []):
             plan.follow(f"{fmod}.{fparam}", source)

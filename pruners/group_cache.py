@@ -12,7 +12,7 @@ import torch
 from torch import fx, nn
 
 from pruners.channel_group import ChannelGroup
-from pruners.channel_ops import Tracer, plain_type, trace_run
+from pruners.channel_ops import plain_type, symbolic_trace, trace_run
 from pruners.channels import groups_of
 from pruners.weight_mask import modules_of
 
@@ -54,6 +54,7 @@ def model_groups(model: nn.Module, example_input: torch.Tensor, *, checked: bool
 
     ``checked``: the caller found these groups a moment ago and changed no layer since (``prepare``
     computing its first masks right after planning them); the cached groups are then taken as they are.
+    A model torch.fx cannot trace is a ``pruners.channel_ops.UntraceableModel`` (a ValueError).
     """
     cached = _GROUPS.get(model)
     if checked and cached is not None:
@@ -61,7 +62,7 @@ def model_groups(model: nn.Module, example_input: torch.Tensor, *, checked: bool
     key = _signature(model, example_input)
     if cached is not None and cached[0] == key:
         return cached[2]
-    graph = trace_run(model, example_input, graph=Tracer().trace(model), shapes_only=True)[0]
+    graph = trace_run(model, example_input, graph=symbolic_trace(model), shapes_only=True)[0]
     groups = groups_of(graph, model)
     _GROUPS[model] = (key, graph, groups)
     return groups

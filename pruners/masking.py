@@ -18,8 +18,9 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 from pruners.followers import derived_mask, follower_plan, rows_alive, unexpand
+from pruners.layout import layout_of
 from pruners.plan import MaskPlan, TensorPlan
-from pruners.ratio_config import prunable_modules, resolve_targets
+from pruners.ratio_config import prunable_modules, resolve_targets, unprunable_matches
 from pruners.registry import Method, compute_mask, get_method, skip_reason
 from pruners.targets import Target, scale_target
 from pruners.weight_mask import WeightMask, entries, is_masked, load_masked_state_dict, masked_parameters, squash
@@ -54,7 +55,7 @@ def _weight_plan(model: nn.Module, method: Method, resolved: Mapping[str, Target
     plan = MaskPlan()
     modules = prunable_modules(model)
     for name, target in resolved.items():
-        reason = skip_reason(method, modules[name].weight.shape, target)
+        reason = skip_reason(method, modules[name], target)
         if reason is not None:
             plan.skipped[name] = reason
         else:
@@ -117,10 +118,11 @@ def prepare(
         plan = m.graph.plan(model, resolved, example_input, dict(options))
     else:
         plan = _weight_plan(model, m, resolved, options)
+    for name, reason in unprunable_matches(model, targets).items():
+        plan.skipped.setdefault(name, reason)
     report = _attach(model, m, plan, enforce)
     fresh = set(report.pruned) | {n for n, tp in plan.tensors.items() if not tp.primary}
-    if report.skipped:
-        logger.info("method %s leaves %d layer(s) dense: %s", m.name, len(report.skipped), report.skipped)
+    _log_skipped(model, m.name, report.skipped)
     # Remembered on the model so accounting.layer_table can show why a layer is dense.
     skipped = dict(getattr(model, "_pruners_skipped", {}))
     skipped.update(report.skipped)
@@ -129,6 +131,17 @@ def prepare(
     logger.info("prepared %d masked layer(s) (+%d derived) with %s at fraction %.3f",
                 len(report.pruned), report.derived, m.name, fraction)  # fmt: skip
     return report
+
+
+def _log_skipped(model: nn.Module, method: str, skipped: Mapping[str, str]) -> None:
+    """One line per layer left dense, naming its kind: "stripe leaves features.0.weight (Conv1d) dense: ..."."""
+    for name, reason in skipped.items():
+        mod_name = name.rpartition(".")[0]
+        try:
+            kind = type(model.get_submodule(mod_name)).__name__ if mod_name else type(model).__name__
+        except AttributeError:
+            kind = "?"
+        logger.info("%s leaves %s (%s) dense: %s", method, name, kind.removeprefix("Parametrized"), reason)
 
 
 def _model_options(method: Method, weights: list[torch.Tensor]) -> dict[str, Any]:
@@ -152,14 +165,17 @@ def _primary_masks(model: nn.Module, items: Entries, effective: dict[str, torch.
         if method.graph is not None:
             out.update(method.graph.masks(model, own, fraction))
             continue
-        shared = _model_options(method, [effective[n] for n in own])
+        # The methods see every weight as (out, in / groups, *kernel): a transposed conv's is regrouped.
+        layouts = {name: layout_of(module, tensor) for name, (module, tensor, _) in own.items()}
+        shared = _model_options(method, [layouts[n].view(effective[n]) for n in own])
         for name, (_, _, wm) in own.items():
             w = effective[name]
             target = scale_target(wm.target, fraction)
             if isinstance(target, float) and target == 0.0:
                 out[name] = torch.ones_like(w, dtype=torch.bool)
             else:
-                out[name] = compute_mask(method_name, w, target, **{**shared, **wm.options})
+                mask = compute_mask(method_name, layouts[name].view(w), target, **{**shared, **wm.options})
+                out[name] = layouts[name].unview(mask)
     return out
 
 
@@ -168,11 +184,13 @@ def _with_derived(items: Entries, primary: dict[str, torch.Tensor]) -> dict[str,
     alive: dict[str, torch.Tensor] = {}
 
     def rows(source: str) -> Optional[torch.Tensor]:
+        """The source's live output channels (a transposed conv's filters are regrouped first)."""
         if source not in alive:
             mask = primary.get(source)
             if mask is None and source in items:
                 mask = items[source][2].mask
-            alive[source] = None if mask is None else rows_alive(mask)
+            layout = layout_of(*items[source][:2]) if source in items else layout_of(None)
+            alive[source] = None if mask is None else rows_alive(layout.view(mask) if layout.transposed else mask)
         return alive[source]
 
     out: dict[str, torch.Tensor] = {}

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from pruners.channel_ops import UntraceableModel
 from pruners.channels import ChannelGroup, channel_groups, index_channels
 from pruners.registry import skip_reason
 from pruners.permutation_search import (
@@ -133,7 +134,7 @@ def _group_terms(
             skipped[name] = f"channel order does not matter: {why}"
             continue
         weight = getattr(model.get_submodule(mod_name), pname)
-        dense = skip_reason("nm", weight.shape, target)
+        dense = skip_reason("nm", model.get_submodule(mod_name), target)
         if dense is not None:
             skipped[name] = f"nm leaves it dense: {dense}"
             continue
@@ -229,7 +230,12 @@ def permute_for_nm(
     )  # fmt: skip
     report = PermuteReport()
     consumed: set[str] = set()
-    for group in channel_groups(model, example_input):
+    try:
+        groups = channel_groups(model, example_input)
+    except UntraceableModel as exc:  # no graph, no groups to permute: N:M still masks every layer
+        groups = []
+        report.skipped.update({name: f"channel order unknown: {exc}" for name in nm})
+    for group in groups:
         consumed.update(_permute_group(model, group, nm, report, search))
     for name in nm:
         if name not in consumed and name not in report.skipped:

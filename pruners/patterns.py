@@ -159,7 +159,8 @@ def _pattern_skip(shape: torch.Size, target: Target) -> Optional[str]:
     require_ratio("pattern", target)
     if _is_3x3(shape):
         return None
-    what = "a linear weight" if len(shape) == 2 else f"{tuple(shape[2:])} kernels"
+    kernel = tuple(shape[2:])
+    what = {0: "a linear weight", 1: f"1-D kernels {kernel}"}.get(len(kernel), f"{kernel} kernels")
     return f"pattern pruning needs 3x3 kernels (got {what})"
 
 

@@ -72,16 +72,16 @@ def nm_term(weight: torch.Tensor, target: str, block: int = 1) -> NMTerm:
     """
     m, n = parse_nm(target)
     w = weight.detach().abs().to(torch.float32)
-    if w.dim() == 4:
+    if w.dim() >= 3:  # Conv1d/2d/3d: (out, C, *kernel)
         if block != 1:
             raise ValueError("a conv weight's input channels have block 1")
-        mags = w.permute(1, 0, 2, 3).reshape(w.shape[1], -1, 1)
+        mags = w.transpose(0, 1).reshape(w.shape[1], -1, 1)
     elif w.dim() == 2:
         if w.shape[1] % block:
             raise ValueError(f"in_features {w.shape[1]} is not a multiple of the channel block {block}")
         mags = w.reshape(w.shape[0], -1, block).permute(1, 0, 2)
     else:
-        raise ValueError(f"N:M permutes conv (4-D) and linear (2-D) weights, got shape {tuple(w.shape)}")
+        raise ValueError(f"N:M permutes conv (3- to 5-D) and linear (2-D) weights, got shape {tuple(w.shape)}")
     in_dim = mags.shape[0] * block
     if in_dim % m:
         raise ValueError(f"input dimension {in_dim} is not a multiple of {m} ({target}): nm leaves it dense")

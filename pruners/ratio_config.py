@@ -26,6 +26,7 @@ __all__ = [
     "prunable_parameters",
     "resolve_targets",
     "strip_module_prefix",
+    "unprunable_matches",
 ]
 
 logger = logging.getLogger(__name__)
@@ -131,6 +132,38 @@ def resolve_targets(model: nn.Module, targets: Mapping[str, object]) -> dict[str
         raise ValueError("invalid prune targets:\n  " + "\n  ".join(problems))
     merged = {**globbed, **exact}
     return {name: merged[name] for name in names if name in merged}
+
+
+# Why a weight outside a Conv/Linear stays dense, by the class that holds it (first isinstance match).
+UNPRUNABLE_REASONS: dict[type, str] = {
+    nn.MultiheadAttention: "{kind} {module} keeps its fused q/k/v projection as a bare Parameter, not a Linear "
+    "weight, so no method prunes it ({module}.out_proj is a Linear and is pruned like one)",
+    nn.Embedding: "{kind} {module} is a lookup table, not a Conv/Linear weight",
+}
+_UNPRUNABLE_DEFAULT = "{kind} {module} keeps this weight as a bare Parameter; the methods prune Conv/Linear weights only"
+
+
+def unprunable_matches(model: nn.Module, targets: Mapping[str, object]) -> dict[str, str]:
+    """Weights (2-D or more) that a glob in ``targets`` matches but no method can prune -> why.
+
+    ``resolve_targets`` only sees Conv/Linear weights, so ``{"*": 0.5}`` would pass over
+    MultiheadAttention's ``in_proj_weight`` in silence; ``prepare`` names these as dense instead.
+    """
+    globs = [strip_module_prefix(k.strip()) for k in targets if isinstance(k, str) and _is_glob(k)]
+    if not globs:
+        return {}
+    prunable = set(prunable_parameters(model))
+    out: dict[str, str] = {}
+    for mod_name, module in model.named_modules():
+        if "parametrizations" in mod_name.split("."):
+            continue
+        for p_name, p in module.named_parameters(recurse=False):
+            name = strip_module_prefix(f"{mod_name}.{p_name}" if mod_name else p_name)
+            if p.dim() < 2 or name in prunable or name in out or not any(fnmatch.fnmatchcase(name, g) for g in globs):
+                continue
+            template = next((r for cls, r in UNPRUNABLE_REASONS.items() if isinstance(module, cls)), _UNPRUNABLE_DEFAULT)
+            out[name] = template.format(kind=type(module).__name__, module=mod_name or "(the model)")
+    return out
 
 
 def _read_mapping(path_or_mapping: Union[str, os.PathLike, Mapping]) -> Mapping:

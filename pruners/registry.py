@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Callable, Optional, Union
+from typing import Callable, Optional, Sequence, Union
 
 import torch
+from torch import nn
 
+from pruners.layout import method_shape
 from pruners.plan import GraphHooks
 from pruners.targets import Target, require_nm, require_ratio, validate_target
 
@@ -108,13 +110,20 @@ def check_target(method: Union[str, Method], target: object) -> Target:
     return t
 
 
-def skip_reason(method: Union[str, Method], shape: torch.Size, target: object) -> Optional[str]:
-    """Why ``method`` would leave a weight of ``shape`` dense at ``target`` (None: it prunes it)."""
+def skip_reason(method: Union[str, Method], shape: Union[Sequence[int], nn.Module], target: object) -> Optional[str]:
+    """Why ``method`` would leave a weight dense at ``target`` (None: it prunes it).
+
+    ``shape`` is the weight's shape as the methods see it, ``(out, in / groups, *kernel)``
+    (linear: 2-D, Conv1d/2d/3d: 3- to 5-D), or the layer itself: a transposed conv stores
+    ``(in, out / groups, *kernel)``, which only the module tells apart (``pruners.layout``).
+    """
     m = get_method(method)
     t = validate_target(target)
-    if len(shape) not in (2, 4):
+    if isinstance(shape, nn.Module):
+        shape = method_shape(shape)
+    if len(shape) < 2:
         raise ValueError(
-            f"method {m.name!r} prunes conv (4-D) and linear (2-D) weights; got a {len(shape)}-D weight {tuple(shape)}"
+            f"method {m.name!r} prunes conv (3- to 5-D) and linear (2-D) weights; got a {len(shape)}-D weight {tuple(shape)}"
         )
     return m.skip_fn(torch.Size(shape), t)
 
@@ -126,6 +135,8 @@ def compute_mask(
 
     ``target`` is the ratio of weights removed in [0, 1] (an exact count of groups), or
     ``"mXnY"`` for M:N. A layer the method cannot prune (see ``skip_reason``) gets an all-True mask.
+    ``weight`` is in the methods' layout ``(out, in / groups, *kernel)``; ``pruners.prepare``
+    hands a transposed conv's weight over through ``pruners.layout``.
     """
     m = get_method(method)
     t = validate_target(target)

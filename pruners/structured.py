@@ -2,8 +2,9 @@
 
 Each method scores groups of weights and leaves the choice to ``pruners.selection``, so a
 ratio always removes exactly ``round(ratio * groups)`` groups (round half up), with ties
-broken by index. Weights are 2-D (linear, out x in) or 4-D (conv, out x in x kh x kw); the
-rank is checked by ``pruners.registry.skip_reason`` before these functions run.
+broken by index. Weights are 2-D (linear, out x in) or 3- to 5-D (Conv1d/2d/3d, out x in x
+*kernel), in the methods' layout (``pruners.layout``: a transposed conv's weight is regrouped
+to it first); the rank is checked by ``pruners.registry.skip_reason`` before these functions run.
 """
 from __future__ import annotations
 
@@ -74,14 +75,14 @@ def stripe_mask(weight: torch.Tensor, target: Target, **options: object) -> torc
     norm over input channels, and the mask is constant across input channels. The paper's
     learned filter skeleton is not used: this is the reference project's magnitude criterion.
     A 1x1 conv has one stripe per filter, so stripe pruning equals filter pruning there; a
-    linear weight is treated as a 1x1 conv (each row is one stripe).
+    linear weight is treated as a 1x1 conv (each row is one stripe). Conv1d and Conv3d
+    kernels have stripes the same way: one per (out, kernel position).
     """
     reject_options("stripe", options)
     ratio = require_ratio("stripe", target)
-    w4 = weight if weight.dim() == 4 else weight.reshape(weight.shape[0], weight.shape[1], 1, 1)
-    scores = score_dtype(w4.abs()).sum(dim=1)  # (out, kh, kw)
+    scores = score_dtype(weight.abs()).sum(dim=1)  # (out, *kernel); a linear's (out,)
     keep = remove_lowest(scores.reshape(-1), ratio).reshape(scores.shape)
-    return keep.unsqueeze(1).expand(w4.shape).reshape(weight.shape).clone()
+    return keep.unsqueeze(1).expand(weight.shape).clone()
 
 
 # --------------------------------------------------------------------------- N:M
@@ -98,14 +99,14 @@ def _nm_skip(shape: torch.Size, target: Target) -> Optional[str]:
 
 
 def _input_last(weight: torch.Tensor) -> torch.Tensor:
-    """Weight with the input dimension last: conv (out,in,kh,kw) -> (out,kh,kw,in)."""
-    return weight.permute(0, 2, 3, 1) if weight.dim() == 4 else weight
+    """Weight with the input dimension last: conv (out, in, *kernel) -> (out, *kernel, in)."""
+    return weight.movedim(1, -1)
 
 
 @register_method("nm", aliases=("mn_prune",), skip=_nm_skip, takes="nm")
 def nm_mask(weight: torch.Tensor, target: Target, **options: object) -> torch.Tensor:
     """N:M sparsity as NVIDIA ASP lays it out: keep the Y largest |w| of every X consecutive
-    weights along the input dimension (conv: per (out, kh, kw) across input channels; linear:
+    weights along the input dimension (conv: per (out, *kernel) across input channels; linear:
     along in_features). Ties keep the lower index. ``m4n2`` is Ampere's 2:4.
 
     The ratio 0.0 returns a dense mask (schedules use it for "not yet pruned"). Channel
@@ -122,6 +123,5 @@ def nm_mask(weight: torch.Tensor, target: Target, **options: object) -> torch.Te
     moved = _input_last(weight)
     groups = score_dtype(moved.abs()).reshape(-1, x)
     keep = keep_largest(groups, y)
-    keep = keep.reshape(moved.shape)
-    return keep.permute(0, 3, 1, 2).contiguous() if weight.dim() == 4 else keep
+    return keep.reshape(moved.shape).movedim(-1, 1).contiguous()
 

@@ -306,11 +306,15 @@ def test_bad_targets(target):
 
 
 @pytest.mark.parametrize("method", pruners.list_methods())
-def test_non_2d_4d_weights_refused(method):
-    with pytest.raises(ValueError, match="3-D weight"):
-        pruners.compute_mask(method, randn(4, 4, 4), TARGETS[method])
-    with pytest.raises(ValueError):
+def test_vectors_refused_and_conv1d_conv3d_weights_pruned_or_skipped(method):
+    """A 1-D tensor is no layer's weight; Conv1d (3-D) and Conv3d (5-D) weights are pruned, except
+    by pattern (3x3 kernels only), which says why (tests/test_architectures.py: exact masks)."""
+    with pytest.raises(ValueError, match="1-D weight"):
         pruners.compute_mask(method, randn(16), TARGETS[method])
+    for shape in ((8, 4, 3), (8, 4, 3, 3, 3)):
+        reason = pruners.skip_reason(method, shape, TARGETS[method])
+        mask = pruners.compute_mask(method, randn(*shape), TARGETS[method])
+        assert mask.shape == shape and (reason is not None) == (method == "pattern") == bool(mask.all())
 
 
 @pytest.mark.parametrize("method", RATIO_METHODS)

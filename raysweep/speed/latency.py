@@ -4,12 +4,15 @@ Latency is the median wall time of one ``model(x)`` call on CPU, in eval mode un
 ``no_grad``, after warm-up calls, with the torch thread count fixed for the measurement and
 restored afterwards. ``trial_latency`` compacts a masked model in memory (``pruners.compact``)
 and times the dense and compact models in the same process, interleaving their calls so that a
-noisy neighbour slows both alike; ``speedup`` is dense over compact at the largest batch.
+noisy neighbour slows both alike; ``speedup`` is dense over compact at the largest batch. A model
+that cannot be compacted (torch.fx cannot trace it) gets NaN figures and one warning saying why:
+timing is a by-product of a trial, never a reason for it to fail.
 """
 from __future__ import annotations
 
 import copy
 import logging
+import math
 import statistics
 import time
 from collections.abc import Iterator, Sequence
@@ -18,9 +21,10 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
+from raysweep.errors import first_line
 from raysweep.speed.program import export_program
 
-__all__ = ["measure_latency", "measure_pair", "trial_latency"]
+__all__ = ["measure_latency", "measure_pair", "skipped_figures", "trial_latency"]
 
 log = logging.getLogger(__name__)
 
@@ -106,6 +110,12 @@ def measure_latency(
     return measure_pair({"model": model}, input_shape, batch_sizes, threads, warmup, repeats)["model"]
 
 
+def skipped_figures(batch_sizes: Sequence[int] = (1, 64)) -> dict[str, float]:
+    """``trial_latency``'s keys, all NaN: what a trial records when its model could not be compacted."""
+    keys = [f"{prefix}_b{int(b)}" for b in batch_sizes for prefix in ("latency_ms", "dense_latency_ms", "speedup")]
+    return dict.fromkeys([*keys, "speedup", "params_compact", "channels_removed"], math.nan)
+
+
 def trial_latency(
     masked_model: nn.Module,
     dense_model: nn.Module | None,
@@ -126,7 +136,10 @@ def trial_latency(
     with its zeros in place (a dense kernel, same cost as the unpruned model). The masked model
     is not modified (models on another device are copied to CPU). ``export=True`` times the
     ``torch.export`` program instead of the compact eager module (the same aten ops; exporting
-    adds 1-4 s to the call). ``fold_borders`` goes to ``pruners.compact.compact``.
+    adds 1-4 s to the call; where it cannot capture the model the eager module is timed, with a
+    warning). ``fold_borders`` goes to ``pruners.compact.compact``. A model ``compact`` refuses
+    (a ValueError: torch.fx cannot trace it, its traced forward fails) is not timed: every figure
+    is NaN and one warning names the model and the reason.
     """
     from pruners.compact import compact, squashed_copy
 
@@ -134,9 +147,16 @@ def trial_latency(
     on_cpu = all(t.device.type == "cpu" for t in masked_model.parameters())
     source = masked_model if on_cpu else squashed_copy(masked_model).cpu()
     example = torch.zeros((2, *input_shape))
-    small, report = compact(source, example, fold_borders=fold_borders)
+    try:
+        small, report = compact(source, example, fold_borders=fold_borders)
+    except ValueError as exc:
+        log.warning("latency not measured for %s (figures NaN): %s", type(masked_model).__name__, first_line(exc))
+        return skipped_figures(batch_sizes)
     if export:
-        small = export_program(small, example).module()
+        try:
+            small = export_program(small, example).module()
+        except Exception as exc:  # noqa: BLE001 -- torch.export refuses much user Python; the eager model runs the same ops
+            log.warning("torch.export cannot capture the compact %s (%s); timing the eager module", type(masked_model).__name__, first_line(exc))
     if dense_model is None:
         dense = squashed_copy(source) if on_cpu else source
     else:
