@@ -85,7 +85,7 @@ def resolve_job(args: argparse.Namespace) -> Job:
     check_inputs(RunConfig(model=model, dataset=dataset, data_root=data_root, weight_file=weights))
     num_classes = build_datasets(dataset, data_root, augment=False)[2].num_classes
     meta = build_model(model, dataset)
-    layers = [n for n in pruners.prunable_parameters(meta) if pruners.skip_reason(method, meta.get_parameter(n).shape, ratios[-1]) is None]
+    layers = [n for n in pruners.prunable_parameters(meta) if pruners.skip_reason(method, meta.get_submodule(n.rpartition(".")[0]), ratios[-1]) is None]
     if not layers:
         raise RunInputError(f"method {method.name!r} can prune no layer of {model}")
     return Job(model, dataset, data_root, str(Path(weights).resolve()), method.name, ratios, layers, num_classes, args.batch_size)

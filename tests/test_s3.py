@@ -106,7 +106,7 @@ def test_a_checkpoint_in_a_bucket_is_whole_or_absent(s3):
     assert torch.equal(read_checkpoint(folder.newest_path()).model["w"], torch.full((2,), 4.0))
 
 
-def test_a_bucket_that_fails_under_the_trials_stops_the_sweep_after_three(s3, tmp_path):
+def test_a_bucket_that_fails_under_the_trials_stops_the_sweep_after_three(s3, tmp_path, monkeypatch):
     """A write refused by the object store is a StorageError (not the trial's own failure), and
     the guard stops the sweep at the third, as for a local folder."""
     with pytest.raises(StorageError) as failed:
@@ -118,6 +118,9 @@ def test_a_bucket_that_fails_under_the_trials_stops_the_sweep_after_three(s3, tm
     class Trial:
         pickled_error_file = str(error_file)
 
+    # Outside Tune's fit. An earlier in-process Tuner.fit of this session may have left its
+    # SIGUSR1 handler installed; the guard would signal that instead of unwinding.
+    monkeypatch.setattr(signal, "getsignal", lambda signum: signal.SIG_DFL)
     guard = StorageGuard()
     guard.on_trial_error(0, [], Trial())
     guard.on_trial_error(0, [], Trial())

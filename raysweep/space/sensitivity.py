@@ -72,7 +72,7 @@ def layer_task(job: Job, state: dict, layer: str) -> list[tuple[float, float]]:
     model, loader = _setup(job, state)
     method = pruners.get_method(job.method)
     weights = [m.weight for n, m in pruners.ratio_config.prunable_modules(model).items()
-               if pruners.skip_reason(method, m.weight.shape, job.ratios[-1]) is None]  # fmt: skip
+               if pruners.skip_reason(method, m, job.ratios[-1]) is None]  # fmt: skip
     # Model-wide options (PatDNN's pattern library) as a whole-model prune would choose them.
     options = dict(method.model_options(weights)) if method.model_options else {}
     # Masks reach past the layer's weight (biases, BatchNorms, a channel group): restore everything.

@@ -98,7 +98,8 @@ def check_targets(model: Any, method: str, targets: Mapping[str, Param], where: 
             good.append(key)
     if not good:
         return
-    shapes = {n: tuple(model.get_parameter(n).shape) for n in pruners.prunable_parameters(model)}
+    # The layers themselves: a transposed conv stores its filters along dim 1 (pruners.layout).
+    layers = {n: model.get_submodule(n.rpartition(".")[0]) for n in pruners.prunable_parameters(model)}
     skipped: dict[str, list[str]] = {}
     governed = governing_keys(model, good)
     for key in sorted(set(good) - set(governed.values())):
@@ -109,14 +110,14 @@ def check_targets(model: Any, method: str, targets: Mapping[str, Param], where: 
             if cand == 0:
                 continue  # a dense layer needs nothing from the method
             try:
-                reason = pruners.skip_reason(method, shapes[name], cand)
+                reason = pruners.skip_reason(method, layers[name], cand)
             except ValueError:
                 continue  # a wrong kind of target: reported by the value check
             if reason is None:
                 continue
             is_glob = any(c in key for c in "*?[")
             if method in STRICT_SKIP or not is_glob:
-                problems.add(join(where, key), f"{cand!r} cannot prune {name} {shapes[name]}: {reason}; set {name!r} to 0.0")
+                problems.add(join(where, key), f"{cand!r} cannot prune {name} {tuple(layers[name].weight.shape)}: {reason}; set {name!r} to 0.0")
             else:
                 skipped.setdefault(key, []).append(name)
     for key, names in skipped.items():

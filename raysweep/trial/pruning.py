@@ -45,10 +45,8 @@ def set_up_pruning(model: nn.Module, cfg: RunConfig, example: torch.Tensor, rank
     resolved = pruners.resolve_targets(model, cfg.targets)
     pruning.columns.update({f"ratio/{k}": v for k, v in resolved.items()})
     pruning.columns["target_sparsity"] = target_sparsity(model, resolved)
-    report = pruners.prepare(model, cfg.targets, cfg.method, fraction=0.0, enforce=True, example_input=example)
-    if rank == 0:
-        for name, reason in report.skipped.items():
-            log.warning("%s left dense: %s", name, reason)
+    # Each layer the method leaves dense is named once, with its reason, by prepare itself.
+    pruners.prepare(model, cfg.targets, cfg.method, fraction=0.0, enforce=True, example_input=example)
     return pruning
 
 

@@ -86,7 +86,7 @@ def _warn_about_targets(model: Any, cfg: RunConfig, resolved: dict[str, Any]) ->
         log.warning("no --weight_file: pruning a randomly initialised %s (pass the dense weights to prune a trained model)", cfg.model)
     warn_if_classes_go(model, cfg.method, resolved, "--prune_type")
     pruned = {n: t for n, t in resolved.items() if t not in (0, 0.0)}
-    skipped = {n: pruners.skip_reason(cfg.method, model.get_parameter(n).shape, t) for n, t in pruned.items()}
+    skipped = {n: pruners.skip_reason(cfg.method, model.get_submodule(n.rpartition(".")[0]), t) for n, t in pruned.items()}
     if pruned and all(skipped.values()):
         log.warning("%s prunes none of the targeted layers, so the model stays dense: %s", cfg.method,
                     "; ".join(f"{n}: {why}" for n, why in skipped.items()))  # fmt: skip
