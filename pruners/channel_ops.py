@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import operator
 import weakref
-from typing import Any, Callable, NamedTuple, Optional
+from typing import Any, Optional
 
 import torch
 import torch.nn.functional as F
 from torch import fx, nn
 
+from pruners.graph_run import GraphRun, Meta, Observer
 from pruners.weight_mask import modules_of
 
 __all__ = [
@@ -58,9 +59,6 @@ SHAPE_QUERIES = frozenset({"size", "dim", "numel", getattr})  # results are not 
 SPATIAL_REDUCTIONS = frozenset({torch.mean, torch.amax, torch.sum, "mean", "amax", "sum"})
 
 
-Observer = Callable[[fx.Node, nn.Module, Any], None]  # (node, module, its input) during the traced forward
-
-
 class Tracer(fx.Tracer):
     """Conv/linear/norm layers (masked or not) are leaves; containers are traced through."""
 
@@ -102,69 +100,6 @@ def call_dim(node: fx.Node, position: int, default: int, rank: int) -> int:
     return dim % rank if rank else dim
 
 
-class Meta(NamedTuple):
-    """What the builder reads of a traced value: its shape (``node.meta["tensor_meta"]``)."""
-
-    shape: torch.Size
-
-
-def _meta(value: Any) -> Any:
-    if isinstance(value, torch.Tensor):
-        return Meta(value.shape)
-    if isinstance(value, (list, tuple)) and any(isinstance(v, torch.Tensor) for v in value):
-        return tuple(_meta(v) for v in value)
-    return None
-
-
-def _conv_shape(m: nn.modules.conv._ConvNd, shape: torch.Size) -> Optional[tuple[int, ...]]:
-    """A (non-transposed) conv's output shape, or None where the formula is not sure."""
-    nd = len(m.kernel_size)
-    if m.transposed or len(shape) != nd + 2:
-        return None
-    if isinstance(m.padding, str):
-        if m.padding == "same":
-            return (shape[0], m.out_channels, *shape[2:])
-        pads = (0,) * nd
-    else:
-        pads = m.padding
-    spatial = [(size + 2 * p - d * (k - 1) - 1) // s + 1
-               for size, p, d, k, s in zip(shape[2:], pads, m.dilation, m.kernel_size, m.stride)]  # fmt: skip
-    return (shape[0], m.out_channels, *spatial)
-
-
-class _Run(fx.Interpreter):
-    """Runs a graph on a model (no generated code), recording shapes and showing ``observe`` module inputs.
-
-    ``shapes_only`` skips the arithmetic of conv and linear layers (zeros of the right shape come
-    out): the shapes are all a channel trace needs, and those layers are nearly all of a forward.
-    """
-
-    def __init__(self, root: nn.Module, graph: fx.Graph, observe: Optional[Observer], shapes_only: bool = False) -> None:
-        super().__init__(root, garbage_collect_values=True, graph=graph)
-        self.observe, self.shapes_only = observe, shapes_only
-
-    def call_module(self, target: Any, args: Any, kwargs: Any) -> Any:
-        if self.shapes_only and len(args) == 1 and not kwargs and isinstance(args[0], torch.Tensor):
-            m, x = self.fetch_attr(target), args[0]
-            out = None
-            if isinstance(m, nn.modules.conv._ConvNd):
-                out = _conv_shape(m, x.shape)
-            elif isinstance(m, nn.Linear) and x.shape[-1] == m.in_features:
-                out = (*x.shape[:-1], m.out_features)
-            if out is not None:
-                return torch.zeros(out, dtype=x.dtype, device=x.device)
-        return super().call_module(target, args, kwargs)
-
-    def run_node(self, n: fx.Node) -> Any:
-        out = super().run_node(n)
-        meta = _meta(out)
-        if meta is not None:
-            n.meta["tensor_meta"] = meta
-        if self.observe is not None and n.op == "call_module" and n.args and isinstance(n.args[0], fx.Node):
-            self.observe(n, self.fetch_attr(str(n.target)), self.env[n.args[0]])
-        return out
-
-
 def plain_type(m: nn.Module) -> type:
     """A module's class; a masked module's class before masking (torch makes a subclass per module)."""
     return type(m).__bases__[0] if "parametrizations" in m._modules else type(m)
@@ -198,17 +133,19 @@ def trace_run(model: nn.Module, example_input: torch.Tensor, observe: Optional[O
               graph: Optional[fx.Graph] = None, shapes_only: bool = False) -> tuple[fx.Graph, Any]:
     """``model``'s fx graph (``graph_of``, or ``graph`` traced from a model of the same structure) with
     shapes in ``node.meta``, and its output on ``example_input``: the one forward also feeds ``observe``.
-    With ``shapes_only`` conv and linear layers only give zeros of their output's shape (see ``_Run``).
+    With ``shapes_only`` conv and linear layers only give zeros of their output's shape and per-channel
+    layers hand their input on (see ``pruners.graph_run``).
 
     The forward runs in eval mode under ``no_grad``; BatchNorm statistics and training flags
     are left as they were.
     """
     graph = graph_of(model) if graph is None else graph
-    modes = {m: m.training for _, m in modules_of(model)}
+    named = dict(modules_of(model))
+    modes = {m: m.training for m in named.values()}
     _set_training(dict.fromkeys(modes, False))
     try:
         with torch.no_grad():
-            output = _Run(model, graph, observe, shapes_only).run(example_input)
+            output = GraphRun(model, graph, named, observe, shapes_only).run(example_input)
     finally:
         _set_training(modes)
     return graph, output

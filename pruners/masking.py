@@ -15,10 +15,10 @@ from typing import Any, Mapping, Optional, Union
 
 import torch
 import torch.nn as nn
-from torch.nn.utils import parametrize
 
 from pruners.followers import derived_mask, follower_plan, rows_alive, unexpand
 from pruners.layout import layout_of
+from pruners.mask_register import register_mask
 from pruners.plan import MaskPlan, TensorPlan
 from pruners.ratio_config import prunable_modules, resolve_targets, unprunable_matches
 from pruners.registry import Method, compute_mask, get_method, skip_reason
@@ -83,7 +83,7 @@ def _attach(model: nn.Module, method: Method, plan: MaskPlan, enforce: bool) -> 
         dense = torch.ones_like(getattr(module, tensor_name), dtype=torch.bool)
         wm = WeightMask(dense, method.name if tp.primary else "", tp.target if tp.primary else 0.0,
                         enforced=enforce, options=tp.options, follows=tp.follows, reads=tp.reads, copy=False)  # fmt: skip
-        parametrize.register_parametrization(module, tensor_name, wm, unsafe=True)
+        register_mask(module, tensor_name, wm)
         if tp.primary:
             report.pruned[name] = tp.target
         else:

@@ -41,6 +41,11 @@ def _checkpointable(options: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _buffer_hooks() -> bool:
+    """Whether global buffer registration hooks are set (``register_buffer`` must then run)."""
+    return bool(getattr(nn.modules.module, "_global_buffer_registration_hooks", None))
+
+
 class WeightMask(nn.Module):
     """Parametrization ``w -> w * mask`` while ``enforced``, else ``w`` (dense regrow phase).
 
@@ -65,8 +70,14 @@ class WeightMask(nn.Module):
     ) -> None:
         super().__init__()
         mask = mask.detach().to(torch.bool)
-        self.register_buffer("mask", mask.clone() if copy else mask, persistent=True)
-        self.register_buffer("enforced", torch.tensor(bool(enforced), device=mask.device), persistent=True)
+        # Persistent buffers straight into ``_buffers`` (register_buffer's name checks cost more than
+        # the rest of this constructor), unless a global hook wants to see buffer registrations.
+        buffers = {"mask": mask.clone() if copy else mask, "enforced": torch.tensor(bool(enforced), device=mask.device)}
+        if _buffer_hooks():
+            for name, value in buffers.items():
+                self.register_buffer(name, value, persistent=True)
+        else:
+            self._buffers.update(buffers)
         # Plain attributes, set past nn.Module.__setattr__ (its checks cost more than the rest of
         # this constructor; a model may hold hundreds of masks).
         self.__dict__.update(
@@ -96,13 +107,14 @@ class WeightMask(nn.Module):
         return w * self._mask_f if self._enforced_now else w
 
     def effective(self, w: torch.Tensor) -> torch.Tensor:
-        """``forward`` without autograd or cache updates: the float mask if the last forward left a
-        current one (a trained model's), else a select on the bool mask."""
+        """``forward`` without autograd or cache updates: ``w`` times the float mask, the one the last
+        forward left if current (a trained model's), else made from the bool mask's bytes (a uint8
+        to float conversion is ~10x faster on CPU than a bool one or a ``where`` on the bool mask)."""
         if not bool(self.enforced):
             return w
         if self._mask_f is not None and self._key(w.dtype) == self._cache_key:
             return w * self._mask_f
-        return w.where(self.mask, 0.0)
+        return w * self.mask.view(torch.uint8).to(w.dtype)
 
     def right_inverse(self, w: torch.Tensor) -> torch.Tensor:
         # Assigning ``module.weight = t`` stores ``t`` as the original (masked at forward).
