@@ -172,10 +172,10 @@ def _balance(plan: Plan) -> None:
         return
     removed = removed.view(chunks, per)
     most = min(int(removed.sum(1).min()), per - 1)
-    for q in range(chunks):
-        extra = removed[q].nonzero().flatten()[most:]
-        reason = "a grouped conv removes as many channels from each group" if most < per - 1 else "a group keeps at least one channel"
-        plan.keep((q * per + extra).tolist(), reason)
+    # Past the first ``most`` removed channels of each part (by rank within the part), in part order.
+    extra = (removed & (removed.cumsum(1) > most)).reshape(-1).nonzero().flatten()
+    reason = "a grouped conv removes as many channels from each group" if most < per - 1 else "a group keeps at least one channel"
+    plan.keep(extra.tolist(), reason)
 
 
 def analyse(model: nn.Module, plan: Plan, stats: ChannelStats, fold_borders: bool) -> None:

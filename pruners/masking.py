@@ -179,6 +179,12 @@ def _primary_masks(model: nn.Module, items: Entries, effective: dict[str, torch.
     return out
 
 
+def _grouping(module: nn.Module, tensor_name: str) -> int:
+    """What ``derived_mask`` reads of the module: a grouped conv's weight takes its columns per group."""
+    groups = getattr(module, "groups", 1) if isinstance(module, nn.modules.conv._ConvNd) and tensor_name == "weight" else 1
+    return groups if isinstance(groups, int) else 1
+
+
 def _with_derived(items: Entries, primary: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Primary masks ANDed with the rows/columns that dead producer rows kill (primary rows only)."""
     alive: dict[str, torch.Tensor] = {}
@@ -194,12 +200,18 @@ def _with_derived(items: Entries, primary: dict[str, torch.Tensor]) -> dict[str,
         return alive[source]
 
     out: dict[str, torch.Tensor] = {}
+    # A BatchNorm's weight and bias (and any tensors of one shape following the same rows) share one derived mask.
+    derived_of: dict[tuple, torch.Tensor] = {}
     for name, (module, tensor_name, wm) in items.items():
         mask = primary.get(name)
         if wm.follows or wm.reads:
-            follows = [(r, off, 1) for src, off, _ in wm.follows if (r := rows(src)) is not None]
-            reads = [(r, off, block) for src, off, block in wm.reads if (r := rows(src)) is not None]
-            derived = derived_mask(wm.mask.shape, module, tensor_name, follows, reads)
+            shape = wm.mask.shape
+            key = (tuple(shape), wm.follows, wm.reads, _grouping(module, tensor_name))
+            derived = derived_of.get(key)
+            if derived is None:
+                follows = [(r, off, 1) for src, off, _ in wm.follows if (r := rows(src)) is not None]
+                reads = [(r, off, block) for src, off, block in wm.reads if (r := rows(src)) is not None]
+                derived = derived_of[key] = derived_mask(shape, module, tensor_name, follows, reads)
             mask = derived if mask is None else unexpand(mask) & derived  # small when both broadcast
         if mask is None:  # no method and nothing to follow (a mask saved without bookkeeping): kept as is
             mask = wm.mask.clone() if not wm.method else torch.ones_like(wm.mask)
