@@ -72,14 +72,17 @@ def zero_weights(model: nn.Module) -> int:
 
 
 def _effective(module: nn.Module, name: str) -> torch.Tensor:
-    """The value a parametrized tensor has in the forward: ``original * mask`` for enforced masks."""
+    """The value a parametrized tensor has in the forward: ``original * mask`` for enforced masks.
+
+    It may share the original's storage (a mask ``step`` has just applied to it): ``_unshare``
+    clones what the copy still shares once compaction has cut it."""
     plist = module.parametrizations[name]
     if not all(isinstance(p, WeightMask) for p in plist):
         return getattr(module, name).detach()
     value = plist.original.detach()
     for wm in plist:
         value = wm.effective(value)
-    return value if value is not plist.original else value.clone()
+    return value
 
 
 def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
@@ -124,15 +127,21 @@ def squashed_copy(model: nn.Module) -> nn.Module:
     return out
 
 
+def _storage(t: torch.Tensor) -> int:
+    return t.untyped_storage().data_ptr()
+
+
 def _unshare(work: nn.Module, model: nn.Module) -> None:
-    """Clone the tensors ``work`` still shares with ``model``, so neither changes the other."""
-    shared = {id(t) for _, m in modules_of(model) for t in (*m._parameters.values(), *m._buffers.values())}
+    """Clone the tensors ``work`` still shares storage with in ``model`` (masks' originals included),
+    so neither changes the other."""
+    shared = {_storage(t) for m in model.modules() for t in (*m._parameters.values(), *m._buffers.values()) if t is not None}
+    shared.discard(0)  # empty tensors have no storage to share
     for _, module in modules_of(work):
         for name, p in list(module._parameters.items()):
-            if p is not None and id(p) in shared:
+            if p is not None and _storage(p) in shared:
                 module._parameters[name] = nn.Parameter(p.detach().clone(), p.requires_grad)
         for name, b in list(module._buffers.items()):
-            if b is not None and id(b) in shared:
+            if b is not None and _storage(b) in shared:
                 module._buffers[name] = b.clone()
 
 

@@ -248,4 +248,5 @@ def _step(model: nn.Module, fraction: float, enforce: bool, fresh: set[str]) -> 
         small = unexpand(masks[name])  # a row/column mask multiplies by broadcasting, not element by element
         original.mul_(small.to(original.dtype) if small.numel() < wm.mask.numel() else wm.mask.view(torch.uint8))
         wm.enforced.fill_(bool(enforce))
+        wm.mark_pruned(original)  # compaction then takes ``original`` as the effective weight, uncopied
     logger.debug("step: %d mask(s) at fraction %.3f, enforce=%s", len(items), fraction, enforce)

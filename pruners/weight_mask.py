@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import weakref
 from typing import Any, Iterator, Mapping, Optional
 
 import torch
@@ -82,7 +83,7 @@ class WeightMask(nn.Module):
         # this constructor; a model may hold hundreds of masks).
         self.__dict__.update(
             method=method, target=target, options=dict(options or {}), follows=tuple(follows), reads=tuple(reads),
-            _cache_key=(), _enforced_now=bool(enforced), _mask_f=None,
+            _cache_key=(), _enforced_now=bool(enforced), _mask_f=None, _pruned=None,
         )  # fmt: skip
         self.method: str
         self.target: Target
@@ -106,11 +107,33 @@ class WeightMask(nn.Module):
             self._mask_f = self.mask.to(w.dtype)
         return w * self._mask_f if self._enforced_now else w
 
+    def __getstate__(self) -> dict[str, Any]:
+        state = super().__getstate__()
+        return {**state, "_pruned": None}  # weak references to this process's tensors do not travel
+
+    def mark_pruned(self, original: torch.Tensor) -> None:
+        """``original`` was just multiplied by this mask (``pruners.step``): until it, the mask or
+        ``enforced`` change in place or are replaced, ``original * mask`` is ``original`` itself."""
+        self.__dict__["_pruned"] = (weakref.ref(original), original._version, weakref.ref(self.mask),
+                                    self.mask._version, self.enforced._version)  # fmt: skip
+
+    def is_pruned(self, w: torch.Tensor) -> bool:
+        """Whether ``w`` (the original or a detached view of it) is as ``mark_pruned`` left it. Every
+        in-place change through the tensor bumps its version (not one through ``.data``: don't)."""
+        if self._pruned is None:
+            return False
+        ref, version, mask_ref, mask_version, enforced_version = self._pruned
+        original = ref()
+        return (original is not None and w.data_ptr() == original.data_ptr() and w.shape == original.shape
+                and w._version == version and mask_ref() is self.mask and self.mask._version == mask_version
+                and self.enforced._version == enforced_version)  # fmt: skip
+
     def effective(self, w: torch.Tensor) -> torch.Tensor:
-        """``forward`` without autograd or cache updates: ``w`` times the float mask, the one the last
-        forward left if current (a trained model's), else made from the bool mask's bytes (a uint8
-        to float conversion is ~10x faster on CPU than a bool one or a ``where`` on the bool mask)."""
-        if not bool(self.enforced):
+        """``forward`` without autograd or cache updates: ``w`` itself where ``step`` has just
+        hard-pruned it (no copy), else ``w`` times the float mask, the one the last forward left if
+        current (a trained model's), else made from the bool mask's bytes (a uint8 to float
+        conversion is ~10x faster on CPU than a bool one or a ``where`` on the bool mask)."""
+        if not bool(self.enforced) or self.is_pruned(w):
             return w
         if self._mask_f is not None and self._key(w.dtype) == self._cache_key:
             return w * self._mask_f
