@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import os
 import time
 from dataclasses import dataclass, field
@@ -177,8 +178,11 @@ class _Run:
             "precision": cfg.precision, "distill_alpha": cfg.distill_alpha, "distill_temperature": cfg.distill_temperature,
             **self.pruning.columns,
         }  # fmt: skip
-        if cfg.measure_latency and rank == 0 and epoch == cfg.epochs - 1:
-            metrics.update(_latency(self.core, self.input_size, cfg))
+        if cfg.measure_latency:
+            # Every report carries every objective (Tune's searcher refuses one without them):
+            # measured after the last epoch, NaN before it.
+            last = rank == 0 and epoch == cfg.epochs - 1
+            metrics.update(_latency(self.core, self.input_size, cfg) if last else dict.fromkeys(LATENCY_FIGURES, math.nan))
         return metrics
 
     def checkpoint(self, metrics: dict[str, Any]) -> Checkpoint:
@@ -224,6 +228,9 @@ def _attach_run_log(run_dir: Optional[str]) -> None:
     log.setLevel(logging.INFO)
 
 
+LATENCY_FIGURES = ("latency_ms_b1", "latency_ms_b64", "speedup", "params_compact")
+
+
 def _latency(core: nn.Module, input_size, cfg: RunConfig) -> dict[str, float]:
     """CPU latency of the compacted model (batch 1 and 64) and speedup over the same
     architecture dense, measured in this process; pure overhead, so only after the last epoch."""
@@ -231,10 +238,10 @@ def _latency(core: nn.Module, input_size, cfg: RunConfig) -> dict[str, float]:
 
     try:
         figures = trial_latency(core, None, tuple(input_size), threads=max(1, int(cfg.cpus_per_worker)))
-    except ValueError as exc:  # a model torch.fx cannot trace: no compaction, no figures
+    except ValueError as exc:  # a model that cannot be compacted or timed: NaN figures, the reason once
         log.warning("latency not measured: %s", exc)
-        return {}
-    return {k: figures[k] for k in ("latency_ms_b1", "latency_ms_b64", "speedup", "params_compact")}
+        figures = {}
+    return {k: figures.get(k, math.nan) for k in LATENCY_FIGURES}
 
 
 def _plain(row: dict) -> dict:
