@@ -60,6 +60,9 @@ SHAPE_QUERIES = frozenset({"size", "dim", "numel", getattr})  # results are not 
 SPATIAL_REDUCTIONS = frozenset({torch.mean, torch.amax, torch.sum, "mean", "amax", "sum"})
 
 
+_PLAIN_ARGS = frozenset({int, float, bool, str, type(None)})
+
+
 class Tracer(fx.Tracer):
     """Conv/linear/norm layers (masked or not) are leaves; containers are traced through."""
 
@@ -67,11 +70,37 @@ class Tracer(fx.Tracer):
         leaf_types = (nn.modules.conv._ConvNd, nn.Linear, nn.modules.batchnorm._NormBase, nn.PReLU)
         return isinstance(m, leaf_types) or super().is_leaf_module(m, qualname)
 
+    def _plain(self) -> bool:
+        """No caller asked for the per-node bookkeeping (stack traces, preserved meta, mutation checks)."""
+        return not (self.check_mutable_operations or self.record_stack_traces or fx_traceback.has_preserved_node_meta())
+
+    def call_module(self, m: nn.Module, forward: Any, args: tuple, kwargs: dict) -> Any:
+        """A leaf becomes a node, anything else is traced through; without the scope and module-stack
+        bookkeeping only ``create_node``'s metadata reads."""
+        if not self._plain():
+            return super().call_module(m, forward, args, kwargs)
+        name = self.path_of_module(m)
+        if self.is_leaf_module(m, name):
+            return self.create_proxy("call_module", name, args, kwargs)
+        return forward(*args, **kwargs)
+
+    def create_arg(self, a: Any) -> Any:
+        """The common arguments (a proxy, a number, a plain tuple of those) without fx's generic
+        dispatch, which turns each into the same thing after a dozen type checks."""
+        kind = type(a)
+        if kind is fx.Proxy:
+            return a.node
+        if kind in _PLAIN_ARGS:
+            return a
+        if kind is tuple:
+            return tuple(self.create_arg(x) for x in a)
+        return super().create_arg(a)
+
     def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: Optional[str] = None,
                     type_expr: Any = None) -> fx.Node:  # fmt: skip
         """The node alone: the channel trace reads no scope, module stack or stack trace, whose
         bookkeeping (a copy of the module stack per node) costs a third of a trace."""
-        if self.check_mutable_operations or self.record_stack_traces or fx_traceback.has_preserved_node_meta():
+        if not self._plain():
             return super().create_node(kind, target, args, kwargs, name, type_expr)
         return self.graph.create_node(kind, target, args, kwargs, name, type_expr)
 

@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import copy
 import logging
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from pruners.channel_group import ChannelGroup, keep_channels
 from pruners.channel_ops import UntraceableModel, graph_of
@@ -85,18 +85,29 @@ def _effective(module: nn.Module, name: str) -> torch.Tensor:
     return value
 
 
+_PLAIN_CONTAINERS = frozenset({dict, OrderedDict, set, list})
+
+
+def _copied(value: object) -> object:
+    """A module attribute for the copy: containers (parameters, buffers, hooks...) copied, the rest shared."""
+    if type(value) in _PLAIN_CONTAINERS:
+        return value.copy()  # type: ignore[attr-defined]
+    return type(value)(value) if isinstance(value, (dict, set, list)) else value
+
+
 def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     """``module`` with its submodules copied and its tensors shared; a masked tensor becomes a plain
     parameter holding its effective value (a new tensor), and the module its class before masking."""
     if id(module) in memo:
         return memo[id(module)]
-    masked = parametrize.is_parametrized(module)
+    holder = module._modules.get("parametrizations")
+    masked = isinstance(holder, nn.ModuleDict) and len(holder) > 0  # parametrize.is_parametrized, without a failing getattr
     # The class torch made for a parametrized module is shared with every copy of it: the copy
     # takes the class before parametrization instead.
     cls = type(module).__bases__[0] if masked else type(module)
     new = cls.__new__(cls)
     memo[id(module)] = new
-    new.__dict__ = {k: type(v)(v) if isinstance(v, (dict, set, list)) else v for k, v in module.__dict__.items()}
+    new.__dict__.update({k: _copied(v) for k, v in module.__dict__.items()})  # not through Module.__setattr__
     if masked:  # masked tensors first, as weight and bias were before masking moved them out
         del new._modules["parametrizations"]
         unmasked = new._parameters
