@@ -44,6 +44,10 @@ def run(space: SpaceSpec = None, *, storage: Union[str, Path] = "raysweep_result
         checked = load_space(space, fields=fields)
         name = experiment_name(folder, check_name(name or checked.name), False)
     check_space_inputs(checked)
+    if not verbose:  # Optuna announces every study it creates; the progress lines say enough
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
     _ship_by_value(checked.model, checked.dataset)
     info = None if resume else sweep_info(name, space if isinstance(space, str) else None, [], checked)
     result = run_sweep(checked, folder, name, resume=resume, address=address, info=info, verbose=verbose)
