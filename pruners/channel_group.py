@@ -21,7 +21,8 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
+
+from pruners.mask_register import is_parametrized
 
 __all__ = ["ChannelGroup", "index_channels", "is_depthwise", "keep_channels"]
 
@@ -88,7 +89,7 @@ class _Cut:
 
 
 def _tensor(module: nn.Module, name: str) -> torch.Tensor:
-    if parametrize.is_parametrized(module, name):
+    if is_parametrized(module, name):
         return module.parametrizations[name].original
     return getattr(module, name)
 
@@ -135,7 +136,7 @@ def _take(t: torch.Tensor, rows: torch.Tensor | None, cols: torch.Tensor | None,
 def _replace(module: nn.Module, name: str, rows: torch.Tensor | None, cols: torch.Tensor | None,
              grouped: tuple[int, int, int] | None) -> None:
     """Index ``module.<name>`` (and every mask of a parametrized one) in place."""
-    if parametrize.is_parametrized(module, name):
+    if is_parametrized(module, name):
         plist = module.parametrizations[name]
         old = plist.original
         plist.original = nn.Parameter(_take(old, rows, cols, grouped), old.requires_grad)

@@ -121,15 +121,14 @@ def channel_plan(model: nn.Module, resolved: dict[str, Target], example_input: O
     except UntraceableModel as exc:
         return MaskPlan(skipped={name: f"channel groups come from the model's graph, and {exc}" for name in resolved})
     _JUST_PLANNED.add(model)
-    graph = (cached_groups(model, example_input) or (None,))[0]
     where = {name: i for i, g in enumerate(groups) for name in group_members(model, g)}
     plan = MaskPlan()
     named: dict[int, dict[str, float]] = defaultdict(dict)
     for name, target in resolved.items():
         ratio = require_ratio("channel", target)
         i = where.get(name)
-        if i is None:
-            plan.skipped[name] = _no_group_reason(model, name, graph)
+        if i is None:  # the graph is looked up only for a name without a group (its signature walks the model)
+            plan.skipped[name] = _no_group_reason(model, name, (cached_groups(model, example_input) or (None,))[0])
         elif not groups[i].free:
             plan.skipped[name] = f"its output channels are fixed: {groups[i].fixed_reason}"
         else:

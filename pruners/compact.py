@@ -30,6 +30,7 @@ from pruners.channel_ops import UntraceableModel, graph_of
 from pruners.channels import groups_of, trace_run
 from pruners.group_cache import cached_groups
 from pruners.compact_fold import BiasMapConv2d, ChannelStats, Plan, analyse, bn_after, fold_delta
+from pruners.mask_register import is_parametrized
 from pruners.weight_mask import WeightMask, is_masked, modules_of, squash
 
 __all__ = ["BiasMapConv2d", "CompactReport", "compact", "dead_channels", "squashed_copy", "zero_weights"]
@@ -100,8 +101,7 @@ def _copy_tree(module: nn.Module, memo: dict[int, nn.Module]) -> nn.Module:
     parameter holding its effective value (a new tensor), and the module its class before masking."""
     if id(module) in memo:
         return memo[id(module)]
-    holder = module._modules.get("parametrizations")
-    masked = isinstance(holder, nn.ModuleDict) and len(holder) > 0  # parametrize.is_parametrized, without a failing getattr
+    masked = is_parametrized(module)
     # The class torch made for a parametrized module is shared with every copy of it: the copy
     # takes the class before parametrization instead.
     cls = type(module).__bases__[0] if masked else type(module)

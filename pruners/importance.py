@@ -15,9 +15,9 @@ from typing import Callable, Iterable, Optional
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.nn.utils import parametrize
 
 from pruners.channel_group import ChannelGroup
+from pruners.mask_register import is_parametrized
 from pruners.selection import score_dtype
 
 __all__ = ["IMPORTANCES", "Importance", "get_importance", "list_importances", "register_importance", "taylor_gradients"]
@@ -65,7 +65,7 @@ def get_importance(name: object) -> Importance:
 def _value(model: nn.Module, mod_name: str, tensor: str) -> torch.Tensor:
     """The tensor's value; a masked one's ``original``, which ``pruners.step`` has just hard-pruned."""
     module = model.get_submodule(mod_name)
-    if parametrize.is_parametrized(module, tensor):
+    if is_parametrized(module, tensor):
         return module.parametrizations[tensor].original.detach()
     return getattr(module, tensor).detach()
 
@@ -106,7 +106,7 @@ def _leaf(model: nn.Module, name: str) -> Optional[torch.Tensor]:
     """The trainable tensor behind ``name`` (a masked one's ``original``), or None."""
     mod_name, _, tensor = name.rpartition(".")
     module = model.get_submodule(mod_name)
-    t = module.parametrizations[tensor].original if parametrize.is_parametrized(module, tensor) else getattr(module, tensor, None)
+    t = module.parametrizations[tensor].original if is_parametrized(module, tensor) else getattr(module, tensor, None)
     return t if isinstance(t, torch.Tensor) and t.requires_grad else None
 
 

@@ -19,7 +19,7 @@ from torch import nn
 from torch.nn.modules import module as module_mod
 from torch.nn.utils import parametrize
 
-__all__ = ["register_mask"]
+__all__ = ["is_parametrized", "register_mask"]
 
 logger = logging.getLogger(__name__)
 
@@ -61,3 +61,12 @@ def register_mask(module: nn.Module, tensor_name: str, mask: nn.Module) -> None:
         module._modules["parametrizations"] = holder
     parametrize._inject_property(module, tensor_name)
     holder._modules[tensor_name] = plist
+
+
+def is_parametrized(module: nn.Module, tensor_name: str | None = None) -> bool:
+    """``parametrize.is_parametrized`` without its ``getattr``, which on a plain module raises (and
+    catches) an AttributeError: compaction asks it of every tensor it cuts."""
+    holder = module._modules.get("parametrizations")
+    if not isinstance(holder, nn.ModuleDict):
+        return False
+    return len(holder) > 0 if tensor_name is None else tensor_name in holder._modules

@@ -23,7 +23,7 @@ from pruners.plan import MaskPlan, TensorPlan
 from pruners.ratio_config import prunable_modules, resolve_targets, unprunable_matches
 from pruners.registry import Method, compute_mask, get_method, skip_reason
 from pruners.targets import Target, scale_target
-from pruners.weight_mask import WeightMask, entries, is_masked, load_masked_state_dict, masked_parameters, squash
+from pruners.weight_mask import WeightMask, entries, is_masked, load_masked_state_dict, masked_parameters, modules_of, squash
 
 __all__ = [
     "PruneReport",
@@ -72,6 +72,7 @@ def _attach(model: nn.Module, method: Method, plan: MaskPlan, enforce: bool) -> 
         if tp.primary and name in already:
             raise ValueError(f"{name!r} is already masked; squash() the model before preparing it again")
     report = PruneReport(method=method.name, skipped=dict(plan.skipped))
+    named = dict(modules_of(model))  # one walk, not a get_submodule per tensor
     for name, tp in plan.tensors.items():
         if name in already:
             wm = already[name]
@@ -79,7 +80,7 @@ def _attach(model: nn.Module, method: Method, plan: MaskPlan, enforce: bool) -> 
             wm.reads = tuple(dict.fromkeys(wm.reads + tp.reads))
             continue
         mod_name, _, tensor_name = name.rpartition(".")
-        module = model.get_submodule(mod_name)
+        module = named[mod_name] if mod_name in named else model.get_submodule(mod_name)
         dense = torch.ones_like(getattr(module, tensor_name), dtype=torch.bool)
         wm = WeightMask(dense, method.name if tp.primary else "", tp.target if tp.primary else 0.0,
                         enforced=enforce, options=tp.options, follows=tp.follows, reads=tp.reads, copy=False)  # fmt: skip
@@ -235,18 +236,19 @@ def _step(model: nn.Module, fraction: float, enforce: bool, fresh: set[str]) -> 
     """``step``; the ``fresh`` masks were just attached dense, so their originals need no reset."""
     items: Entries = {}
     effective: dict[str, torch.Tensor] = {}
+    originals: dict[str, torch.Tensor] = {}
     for name, module, tensor_name, wm in entries(model):
-        original = module.parametrizations[tensor_name].original
+        original = originals[name] = module.parametrizations[tensor_name].original
         if name not in fresh and bool(wm.enforced):
             original.mul_(wm.mask.view(torch.uint8))  # original := effective weight (uint8: 2x a bool multiply)
         items[name] = (module, tensor_name, wm)
         effective[name] = original.detach()
     masks = _with_derived(items, _primary_masks(model, items, effective, fraction))
     for name, (module, tensor_name, wm) in items.items():
-        wm.mask.copy_(masks[name])
-        original = module.parametrizations[tensor_name].original
+        buffer, original = wm.mask, originals[name]
+        buffer.copy_(masks[name])
         small = unexpand(masks[name])  # a row/column mask multiplies by broadcasting, not element by element
-        original.mul_(small.to(original.dtype) if small.numel() < wm.mask.numel() else wm.mask.view(torch.uint8))
+        original.mul_(small.to(original.dtype) if small.numel() < buffer.numel() else buffer.view(torch.uint8))
         wm.enforced.fill_(bool(enforce))
         wm.mark_pruned(original)  # compaction then takes ``original`` as the effective weight, uncopied
     logger.debug("step: %d mask(s) at fraction %.3f, enforce=%s", len(items), fraction, enforce)
