@@ -32,6 +32,7 @@ from pruners.registry import register_method
 from pruners.selection import count_for_ratio, keep_mask_lowest_removed
 from pruners.structured import filter_mask
 from pruners.targets import Target, require_ratio, scale_target
+from pruners.weight_mask import modules_of
 
 __all__ = ["channel_mask", "group_members"]
 
@@ -43,16 +44,20 @@ _DATA: "weakref.WeakKeyDictionary[nn.Module, tuple[list, Any]]" = weakref.WeakKe
 _JUST_PLANNED: "weakref.WeakSet[nn.Module]" = weakref.WeakSet()
 
 
-def group_members(model: nn.Module, group: ChannelGroup) -> list[str]:
-    """Weight names that address ``group``: its producers, and depthwise convs on its channels."""
+def group_members(model: nn.Module, group: ChannelGroup, modules: Optional[dict[str, nn.Module]] = None) -> list[str]:
+    """Weight names that address ``group``: its producers, and depthwise convs on its channels.
+
+    ``modules``: the model's modules by name (``modules_of``), when the caller asks for many groups."""
+    find = model.get_submodule if modules is None else (lambda n: modules[n] if n in modules else model.get_submodule(n))
     names = [f"{m}.weight" for m, p in group.producers if p == "weight"]
-    names += [f"{m}.weight" for m, p in group.followers if p == "weight" and isinstance(model.get_submodule(m), nn.modules.conv._ConvNd)]
+    names += [f"{m}.weight" for m, p in group.followers if p == "weight" and isinstance(find(m), nn.modules.conv._ConvNd)]
     return names
 
 
-def _group_ratio(model: nn.Module, named: dict[str, float]) -> float:
+def _group_ratio(model: nn.Module, named: dict[str, float], modules: dict[str, nn.Module]) -> float:
     """The parameter-weighted mean of the named members' ratios."""
-    sizes = {n: getattr(model.get_submodule(n.rpartition(".")[0]), "weight").numel() for n in named}
+    find = lambda n: modules[n] if n in modules else model.get_submodule(n)  # noqa: E731
+    sizes = {n: getattr(find(n.rpartition(".")[0]), "weight").numel() for n in named}
     total = sum(sizes.values())
     return sum(named[n] * sizes[n] for n in named) / total if total else 0.0
 
@@ -121,7 +126,8 @@ def channel_plan(model: nn.Module, resolved: dict[str, Target], example_input: O
     except UntraceableModel as exc:
         return MaskPlan(skipped={name: f"channel groups come from the model's graph, and {exc}" for name in resolved})
     _JUST_PLANNED.add(model)
-    where = {name: i for i, g in enumerate(groups) for name in group_members(model, g)}
+    modules = dict(modules_of(model))
+    where = {name: i for i, g in enumerate(groups) for name in group_members(model, g, modules)}
     plan = MaskPlan()
     named: dict[int, dict[str, float]] = defaultdict(dict)
     for name, target in resolved.items():
@@ -135,7 +141,7 @@ def channel_plan(model: nn.Module, resolved: dict[str, Target], example_input: O
             named[i][name] = ratio
     shape = [1, *example_input.shape[1:]]
     for i, members in named.items():
-        ratio = _group_ratio(model, members)
+        ratio = _group_ratio(model, members, modules)
         if ratio > 0.0:
             _plan_group(model, groups[i], ratio, {"input_shape": shape, "importance": importance}, plan)
     return plan
@@ -158,7 +164,8 @@ def channel_masks(model: nn.Module, own: dict[str, tuple], fraction: float) -> d
     _JUST_PLANNED.discard(model)
     groups = model_groups(model, torch.zeros(list(shape), device=first.mask.device), checked=checked)
     importance = get_importance(first.options.get("importance", "l1"))
-    targeted = [g for g in groups if g.free and any(n in own for n in group_members(model, g))]
+    modules = dict(modules_of(model))
+    targeted = [g for g in groups if g.free and any(n in own for n in group_members(model, g, modules))]
     grads = None
     if importance.needs_grads:
         data, loss_fn = _DATA.get(model, (None, None))

@@ -94,6 +94,8 @@ class Tracer(fx.Tracer):
             return a
         if kind is tuple:
             return tuple(self.create_arg(x) for x in a)
+        if kind is dict and all(type(k) is str for k in a):  # keyword arguments
+            return {k: self.create_arg(v) for k, v in a.items()}
         return super().create_arg(a)
 
     def create_node(self, kind: str, target: Any, args: tuple, kwargs: dict, name: Optional[str] = None,
