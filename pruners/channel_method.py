@@ -155,7 +155,7 @@ def _keep(scores: torch.Tensor, ratio: float, chunks: int) -> torch.Tensor:
 
 def channel_masks(model: nn.Module, own: dict[str, tuple], fraction: float) -> dict[str, torch.Tensor]:
     """Producer masks of every targeted group at ``fraction`` of its ratio, ranked over the whole group
-    (rows broadcast along the other dims: ``step`` copies them into the mask buffers)."""
+    (rows, broadcast along the other dims by ``step``)."""
     first = next(iter(own.values()))[2]
     shape = first.options.get("input_shape")
     if not shape:
@@ -180,9 +180,9 @@ def channel_masks(model: nn.Module, own: dict[str, tuple], fraction: float) -> d
             continue
         ratio = max(float(scale_target(own[n][2].target, fraction)) for n in mine)
         keep = _keep(importance.fn(model, g, grads), ratio, g.chunks) if ratio > 0 else torch.ones(g.size, dtype=torch.bool)
+        keep = keep.to(first.mask.device)
         for n in mine:
-            mask_shape = own[n][2].mask.shape
-            out[n] = keep.to(first.mask.device).view(-1, *([1] * (len(mask_shape) - 1))).expand(mask_shape)
+            out[n] = keep.view(-1, *([1] * (own[n][2].mask.dim() - 1)))
     missing = set(own) - set(out)
     if missing:
         logger.warning("channel: %d masked weight(s) are in no free group any more, left dense: %s", len(missing), sorted(missing)[:5])

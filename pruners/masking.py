@@ -187,7 +187,10 @@ def _grouping(module: nn.Module, tensor_name: str) -> int:
 
 
 def _with_derived(items: Entries, primary: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Primary masks ANDed with the rows/columns that dead producer rows kill (primary rows only)."""
+    """Primary masks ANDed with the rows/columns that dead producer rows kill (primary rows only).
+
+    Masks broadcast to their tensors' shapes (a row or column mask stays one): ``_step`` copies
+    them into the buffers and multiplies the originals by them as they are."""
     alive: dict[str, torch.Tensor] = {}
 
     def rows(source: str) -> Optional[torch.Tensor]:
@@ -197,7 +200,9 @@ def _with_derived(items: Entries, primary: dict[str, torch.Tensor]) -> dict[str,
             if mask is None and source in items:
                 mask = items[source][2].mask
             layout = layout_of(*items[source][:2]) if source in items else layout_of(None)
-            alive[source] = None if mask is None else rows_alive(layout.view(mask) if layout.transposed else mask)
+            if mask is not None and layout.transposed:
+                mask = layout.view(mask.expand(items[source][2].mask.shape))
+            alive[source] = None if mask is None else rows_alive(mask)
         return alive[source]
 
     out: dict[str, torch.Tensor] = {}
@@ -216,7 +221,7 @@ def _with_derived(items: Entries, primary: dict[str, torch.Tensor]) -> dict[str,
             mask = derived if mask is None else unexpand(mask) & derived  # small when both broadcast
         if mask is None:  # no method and nothing to follow (a mask saved without bookkeeping): kept as is
             mask = wm.mask.clone() if not wm.method else torch.ones_like(wm.mask)
-        out[name] = mask.expand(wm.mask.shape)  # broadcast masks are copied into the buffer as they are
+        out[name] = mask
     return out
 
 
@@ -244,11 +249,17 @@ def _step(model: nn.Module, fraction: float, enforce: bool, fresh: set[str]) -> 
         items[name] = (module, tensor_name, wm)
         effective[name] = original.detach()
     masks = _with_derived(items, _primary_masks(model, items, effective, fraction))
+    factors: dict[tuple, torch.Tensor] = {}  # float row/column masks, one per mask tensor shared (a BatchNorm's weight and bias)
     for name, (module, tensor_name, wm) in items.items():
         buffer, original = wm.mask, originals[name]
-        buffer.copy_(masks[name])
         small = unexpand(masks[name])  # a row/column mask multiplies by broadcasting, not element by element
-        original.mul_(small.to(original.dtype) if small.numel() < buffer.numel() else buffer.view(torch.uint8))
+        buffer.copy_(small)  # broadcast into the buffer
+        if small.numel() < buffer.numel():
+            key = (id(small), original.dtype)  # ``masks`` keeps every small mask alive: ids stay unique
+            factor = factors[key] = factors[key] if key in factors else small.to(original.dtype)
+            original.mul_(factor)
+        else:
+            original.mul_(buffer.view(torch.uint8))
         wm.enforced.fill_(bool(enforce))
         wm.mark_pruned(original)  # compaction then takes ``original`` as the effective weight, uncopied
     logger.debug("step: %d mask(s) at fraction %.3f, enforce=%s", len(items), fraction, enforce)
