@@ -47,7 +47,7 @@ def register_mask(module: nn.Module, tensor_name: str, mask: nn.Module) -> None:
         parametrize.register_parametrization(module, tensor_name, mask, unsafe=True)
         return
     original = module._parameters[tensor_name]
-    mask.training = module.training  # what register_parametrization's mask.train(module.training) sets
+    mask.__dict__["training"] = module.training  # what register_parametrization's mask.train(module.training) sets
     plist = parametrize.ParametrizationList.__new__(parametrize.ParametrizationList)
     nn.Module.__init__(plist)
     plist._modules["0"] = mask
