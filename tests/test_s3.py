@@ -33,6 +33,7 @@ import torch
 
 from helpers import tiny_space, write_space
 from raysweep import export, report, search, storage
+from raysweep.models import create_model
 from raysweep.results.collect import load_sweep_info, trials_frame
 from raysweep.sweep.guard import StorageGuard
 from raysweep.trial.checkpoint import Checkpoint, CheckpointFolder, StorageError, read_checkpoint
@@ -247,7 +248,13 @@ def test_the_figures_of_the_s3_sweep(resumed):
     if os.environ.get("RAYSWEEP_S3_FIGURES"):
         with open(os.environ["RAYSWEEP_S3_FIGURES"], "w", encoding="utf-8") as f:
             json.dump(figures, f, indent=1)
-    assert figures["write_requests"] > 0 and figures["bytes_written"] > 0
+    # Each trial's epochs are checkpointed in the bucket: an upload under a temporary key and a
+    # server-side copy to its name per epoch, each at least the model's weights.
+    checkpoints = n * SPACE["epochs"]
+    weights = sum(p.numel() * p.element_size() for p in create_model(SPACE["model"], dataset="digits").parameters())
+    trials_part = figures["parts"]["trials"]
+    assert trials_part["write_requests"] >= 2 * checkpoints and trials_part["bytes_written"] >= checkpoints * weights, figures
+    assert set(figures["parts"]) == {"trials", "tune trial folders", "experiment"}, figures
 
 
 def test_mlflow_holds_one_run_per_trial_under_the_sweeps_run(resumed, monkeypatch):

@@ -7,6 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any, Optional
 
+from raysweep import storage
 from raysweep.results.collect import load_sweep_info, save_sweep_info
 from raysweep.space import DENSE_TRAIN, SearchSpace
 from raysweep.trial.baseline import BASELINE_FIGURES, measure_dense
@@ -16,15 +17,16 @@ log = logging.getLogger("raysweep.sweep")
 
 def dense_baseline(space: SearchSpace, weights: str, base_cfg: dict[str, Any]) -> dict[str, float]:
     """What the dense model scores, measured as the trials are."""
-    summary = Path(weights).parent / "summary.json"
-    if space.dense == DENSE_TRAIN and summary.is_file():  # the sweep's own dense run
-        metrics = json.loads(summary.read_text())
+    summary = storage.join(storage.parent(weights), "summary.json")
+    if space.dense == DENSE_TRAIN and storage.is_file(summary):  # the sweep's own dense run
+        metrics = json.loads(storage.read_text(summary))
         if all(k in metrics for k in BASELINE_FIGURES):
             return {k: float(metrics[k]) for k in BASELINE_FIGURES}
     import ray
 
-    resources = {"num_cpus": base_cfg.get("cpus_per_worker", 1.0)}
-    return ray.get(ray.remote(**resources)(measure_dense).remote({**base_cfg, "weight_file": weights}))
+    # One evaluation, before any trial: it holds no CPU, so it never waits behind worker groups
+    # that still hold the cluster's (a sweep before this one, or a resumed one's).
+    return ray.get(ray.remote(num_cpus=0)(measure_dense).remote({**base_cfg, "weight_file": weights}))
 
 
 def record_baseline(exp_dir: Path, baseline: dict[str, float], info: Optional[dict[str, Any]] = None) -> None:
