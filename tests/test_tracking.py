@@ -44,3 +44,33 @@ def test_a_resume_may_change_where_it_is_tracked_but_not_what_it_searches(tmp_pa
     save_sweep_info(exp, sweep_info("lw", "digits_layerwise", ["trials=3"], space))
     resumed = resume_space(exp, None, ["tracking.tensorboard=true"])
     assert resumed.tracking.tensorboard and resumed.trials == 3
+
+
+@pytest.mark.skipif(not tracking.importlib.util.find_spec("mlflow"), reason="mlflow is not installed")
+def test_a_file_store_cut_short_by_a_killed_driver_is_repaired_before_the_sweep_resumes(tmp_path, monkeypatch):
+    """MLflow's file store writes in place: a driver SIGKILLed mid-write leaves an empty meta.yaml,
+    after which every search of the experiment fails, and a resume with it (seen in CI)."""
+    from mlflow.tracking import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    store = tmp_path / "mlruns"
+    client = MlflowClient(tracking_uri=store.as_uri())
+    experiment = client.create_experiment("sweep")
+    whole, emptied, cut = (client.create_run(experiment).info.run_id for _ in range(3))
+    client.log_metric(whole, "accuracy", 0.5, step=0)
+    client.log_metric(whole, "accuracy", 0.75, step=1)
+    (store / experiment / emptied / "meta.yaml").write_text("")
+    meta = store / experiment / cut / "meta.yaml"
+    meta.write_text(meta.read_text()[:-12])  # a sorted dump cut in its last key, user_id
+    metric = store / experiment / whole / "metrics" / "accuracy"
+    metric.write_bytes(metric.read_bytes() + b"17962")  # a third line, cut short
+    with pytest.raises(Exception):
+        client.search_runs([experiment])
+
+    changed = tracking.repair_file_store(store)
+
+    aside = store / experiment / ".raysweep-unreadable"
+    assert sorted(changed) == sorted([aside / emptied, aside / cut, metric])
+    assert [r.info.run_id for r in client.search_runs([experiment])] == [whole]
+    assert [m.value for m in client.get_metric_history(whole, "accuracy")] == [0.5, 0.75]
+    assert tracking.repair_file_store(store) == []  # a whole store is left alone

@@ -19,6 +19,8 @@ import os
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 from ray.air.integrations.mlflow import MLflowLoggerCallback  # imports mlflow only when one is made
 
@@ -120,6 +122,7 @@ class MLflow(Tracker):
         if uri and uri.startswith("file:"):
             # MLflow 3 refuses its local file store unless asked: the space asked for a folder.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
+            repair_file_store(Path(url2pathname(urlparse(uri).path)))
         self.experiment = self.settings.get("experiment") or self.sweep
         try:
             client = MlflowClient(tracking_uri=uri)
@@ -157,6 +160,58 @@ class MLflow(Tracker):
         for key, value in summary.items():
             self.client.log_metric(self.parent, key, float(value))
         self.client.set_terminated(self.parent, "FINISHED" if summary.get("finished") else "FAILED")
+
+
+def repair_file_store(root: Path) -> list[Path]:
+    """Make a local MLflow store that a killed driver left half-written readable again.
+
+    MLflow's file store writes without renames: a driver SIGKILLed mid-write leaves an empty
+    ``meta.yaml`` (every search of the experiment then fails) or a metric file whose last line
+    is cut. A run without its meta is moved aside to ``<experiment>/.raysweep-unreadable/``
+    (its trial gets a new run on resume); a cut line is dropped. Returns what it changed."""
+    changed: list[Path] = []
+    for meta in root.glob("*/*/meta.yaml"):
+        run_dir = meta.parent
+        if not run_dir.parent.name.isdigit() or run_dir.name.startswith("."):
+            continue  # not an experiment's run: the trash, registered models
+        if _readable_meta(meta):
+            for metric in (run_dir / "metrics").rglob("*"):
+                if metric.is_file() and _drop_cut_line(metric):
+                    changed.append(metric)
+            continue
+        aside = run_dir.parent / ".raysweep-unreadable" / run_dir.name
+        aside.parent.mkdir(exist_ok=True)
+        run_dir.rename(aside)
+        changed.append(aside)
+    for path in changed:
+        log.warning("tracking.mlflow: %s was cut short by a killed driver; %s", path,
+                    "moved aside" if path.parent.name == ".raysweep-unreadable" else "dropped its cut last line")  # fmt: skip
+    return changed
+
+
+RUN_META_KEYS = {"run_id", "experiment_id", "user_id", "start_time", "end_time", "lifecycle_stage", "artifact_uri"}
+
+
+def _readable_meta(path: Path) -> bool:
+    """Whole: ends its last line, and holds the keys MLflow's RunInfo is built from (MLflow
+    writes them in sorted order, so a cut file parses but lacks the last ones)."""
+    import yaml
+
+    try:
+        text = path.read_text()
+        meta = yaml.safe_load(text)
+    except (yaml.YAMLError, UnicodeDecodeError):
+        return False
+    return text.endswith("\n") and isinstance(meta, dict) and RUN_META_KEYS <= meta.keys()
+
+
+def _drop_cut_line(path: Path) -> bool:
+    """A metric file's lines are ``timestamp value step``, each ended by a newline."""
+    text = path.read_bytes()
+    if not text or text.endswith(b"\n"):
+        return False
+    path.write_bytes(text[: text.rfind(b"\n") + 1])
+    return True
 
 
 class _TrialRuns(MLflowLoggerCallback):
