@@ -42,6 +42,7 @@ from torch import nn
 
 import pruners
 from pruners.compact import compact
+from pruners.testing import trained_like
 from raysweep.models import create_model
 from raysweep.speed.latency import measure_pair
 
@@ -57,23 +58,6 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], tuple[int, int, int], int]] = {
 }
 RATIO = 0.5
 TOL = 1e-5
-
-
-def trained_like(model: nn.Module, seed: int = 0) -> nn.Module:
-    """BatchNorm statistics and affine as after training, and non-zero biases: dead channels then
-    carry constants a careless compaction gets wrong."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.modules.batchnorm._BatchNorm):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
-            elif isinstance(m, (nn.Conv2d, nn.Linear)) and m.bias is not None:
-                m.bias.copy_(torch.randn(m.bias.shape, generator=g) * 0.1)
-    return model.eval()
 
 
 def _params(model: nn.Module) -> int:

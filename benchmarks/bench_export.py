@@ -22,22 +22,10 @@ from torch import nn
 
 import pruners  # the project is installed (pip install -e .)
 from pruners.compact import compact, squashed_copy
+from pruners.testing import trained_like
 from raysweep.speed.latency import measure_pair
 from raysweep.speed.program import load_exported, save_model
 from raysweep.models import create_model
-
-
-def _randomize_bn(model: nn.Module, seed: int) -> None:
-    """Trained-like BN statistics: dead channels become non-zero constants that must be folded."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for m in model.modules():
-            if isinstance(m, nn.BatchNorm2d):
-                n = m.num_features
-                m.running_mean.copy_(torch.randn(n, generator=g) * 0.1)
-                m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
-                m.weight.copy_(torch.rand(n, generator=g) + 0.5)
-                m.bias.copy_(torch.randn(n, generator=g) * 0.1)
 
 
 def _macs(model: nn.Module, x: torch.Tensor) -> tuple[int, int]:
@@ -87,7 +75,7 @@ def resnet(args: argparse.Namespace) -> None:
         torch.manual_seed(0)
         model = create_model("resnet56").eval()
         if trained_bn:
-            _randomize_bn(model, 1)
+            trained_like(model, 1)
         pruners.prepare(model, {"*conv*": 0.5, "*downsample.0.weight": 0.5}, "filter")
         x = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(7))
         small, report = compact(model, x[:1], fold_borders=fold_borders)

@@ -14,7 +14,7 @@ from pruners.compact import compact
 from pruners.selection import count_for_ratio
 from raysweep.models import create_model, list_models, model_info
 
-from helpers import randomize
+from pruners.testing import trained_like
 
 TOL = 1e-5
 
@@ -35,7 +35,7 @@ def max_diff(a: nn.Module, b: nn.Module, shape: tuple[int, ...]) -> float:
 
 
 def test_exact_channel_counts_in_every_group_and_one_choice_per_group():
-    model = randomize(create_model("resnet20"))
+    model = trained_like(create_model("resnet20"))
     groups = [g for g in channel_groups(model, torch.zeros(1, 3, 32, 32)) if g.free]
     channel(model, {"*": 0.3}, (3, 32, 32))
     for g in groups:
@@ -47,7 +47,7 @@ def test_exact_channel_counts_in_every_group_and_one_choice_per_group():
 
 def test_residual_streams_are_removed_coherently():
     torch.manual_seed(0)
-    model = randomize(create_model("resnet20"))
+    model = trained_like(create_model("resnet20"))
     channel(model, {"*": 0.5}, (3, 32, 32))
     small, report = compact(model, torch.zeros(1, 3, 32, 32))
     # Three streams (16, 32, 64 channels) and three block-inner groups per stage, each halved.
@@ -60,7 +60,7 @@ def test_residual_streams_are_removed_coherently():
 
 
 def test_a_target_addresses_its_group_through_any_member():
-    model = randomize(create_model("resnet20"))
+    model = trained_like(create_model("resnet20"))
     report = channel(model, {"layer1.1.conv2.weight": 0.5}, (3, 32, 32))
     stream = ["conv1.weight", "layer1.0.conv2.weight", "layer1.1.conv2.weight", "layer1.2.conv2.weight"]
     assert report.pruned == dict.fromkeys(stream, 0.5)
@@ -70,11 +70,11 @@ def test_a_target_addresses_its_group_through_any_member():
         assert masks[reader].method == "" and masks[reader].reads
         assert torch.equal(~masks[reader].mask.transpose(0, 1).flatten(1).any(1), dead_rows(model, "conv1"))
     # A group's ratio is its named members' parameter-weighted mean: 0.5 * 2304 / (432 + 2304) of 16.
-    model = randomize(create_model("resnet20"))
+    model = trained_like(create_model("resnet20"))
     channel(model, {"conv1.weight": 0.0, "layer1.0.conv2.weight": 0.5}, (3, 32, 32))
     assert int(dead_rows(model, "conv1").sum()) == count_for_ratio(0.5 * 2304 / 2736, 16) == 7
     # A depthwise conv addresses the group of the expansion conv it follows.
-    mbv2 = randomize(create_model("mobilenetv2"))
+    mbv2 = trained_like(create_model("mobilenetv2"))
     channel(mbv2, {"features.2.conv.3.weight": 0.5}, (3, 32, 32))
     assert int(dead_rows(mbv2, "features.2.conv.0").sum()) == 48
     assert torch.equal(dead_rows(mbv2, "features.2.conv.3"), dead_rows(mbv2, "features.2.conv.0"))
@@ -99,7 +99,7 @@ class Grouped(nn.Module):
 
 def test_grouped_and_depthwise_convs_stay_consistent():
     torch.manual_seed(0)
-    model = randomize(Grouped())
+    model = trained_like(Grouped())
     channel(model, {"*": 0.3}, (3, 8, 8))
     for name in ("a", "b"):  # 16 channels read or written in 4 groups of 4: round(0.3 * 4) = 1 per group
         assert dead_rows(model, name).view(4, 4).sum(1).tolist() == [1, 1, 1, 1]
@@ -114,7 +114,7 @@ def test_grouped_and_depthwise_convs_stay_consistent():
 
 @pytest.mark.parametrize("mode", ["train", "eval"])
 def test_a_removed_channel_outputs_exactly_zero_after_batchnorm(mode):
-    model = randomize(create_model("mobilenetv2"))
+    model = trained_like(create_model("mobilenetv2"))
     channel(model, {"*": 0.5}, (3, 32, 32))
     seen = {}
     for name in ("features.0.1", "features.2.conv.1", "features.2.conv.4", "features.2.conv.7"):
@@ -130,7 +130,7 @@ def test_a_removed_channel_outputs_exactly_zero_after_batchnorm(mode):
 @pytest.mark.parametrize("name", ["mobilenetv2", "resnet20"])
 def test_compaction_is_exact_at_two_input_sizes(name):
     torch.manual_seed(0)
-    model = randomize(create_model(name))
+    model = trained_like(create_model(name))
     channel(model, {"*": 0.5}, (3, 32, 32))
     small, report = compact(model, torch.zeros(1, 3, 32, 32))
     assert report.kept_dead == {} and not report.bias_maps and report.channels_removed > 0
@@ -143,7 +143,7 @@ def test_compaction_is_exact_at_two_input_sizes(name):
 
 def test_masks_survive_a_training_step_and_a_checkpoint_round_trip(tmp_path):
     torch.manual_seed(0)
-    model = randomize(create_model("digits_cnn"))
+    model = trained_like(create_model("digits_cnn"))
     channel(model, {"*": 0.5}, (1, 8, 8))
     masks = pruners.masked_parameters(model)
     opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=5e-4)
@@ -171,7 +171,7 @@ def test_masks_survive_a_training_step_and_a_checkpoint_round_trip(tmp_path):
 def test_taylor_importance_ranks_with_gradients_and_keeps_exact_counts():
     torch.manual_seed(0)
     data = [(torch.randn(16, 1, 8, 8), torch.randint(0, 10, (16,))) for _ in range(2)]
-    l1, taylor = randomize(create_model("digits_cnn")), randomize(create_model("digits_cnn"))
+    l1, taylor = trained_like(create_model("digits_cnn")), trained_like(create_model("digits_cnn"))
     channel(l1, {"features.*": 0.5}, (1, 8, 8))
     channel(taylor, {"features.*": 0.5}, (1, 8, 8), importance="taylor", data=data)
     for conv, size in (("features.0", 16), ("features.3", 32), ("features.7", 64)):
@@ -188,7 +188,7 @@ def test_taylor_importance_ranks_with_gradients_and_keeps_exact_counts():
 
 def test_allocation_families_and_schedules_work_on_groups():
     torch.manual_seed(0)
-    model = randomize(create_model("digits_cnn"))
+    model = trained_like(create_model("digits_cnn"))
     targets = resolve_allocation(model, "channel", {"classifier.2.weight": 0.0}, {"family": "lamp", "target": 0.5})
     report = channel(model, targets, (1, 8, 8))  # a schedule's start: masks attached dense
     pruners.step(model, fraction=0.0)
@@ -216,7 +216,7 @@ def test_every_model_compacts_exactly(name):
         model, shape = getattr(torchvision.models, name)(num_classes=10), TORCHVISION[name]
     else:
         model, shape = create_model(name, num_classes=10), _shape(name)
-    model = randomize(model)
+    model = trained_like(model)
     report = channel(model, {"*": 0.5}, shape)
     assert report.pruned
     small, compacted = compact(model, torch.zeros(1, *shape))

@@ -10,7 +10,7 @@ import pruners
 from pruners.channels import ChannelGroup, channel_groups, index_channels
 from raysweep.models import create_model
 
-from helpers import randomize
+from pruners.testing import trained_like
 
 # (model, example input shape): resnet18 is torchvision's ImageNet one, traced at 64x64 for speed.
 MODELS = [
@@ -131,7 +131,7 @@ def test_grouped_convs_split_their_channels_in_equal_parts():
 @pytest.mark.parametrize("name,shape", MODELS, ids=[m for m, _ in MODELS])
 def test_random_permutation_of_every_free_group_keeps_outputs(name, shape):
     torch.manual_seed(0)
-    model = randomize(_build(name))
+    model = trained_like(_build(name))
     x = torch.randn(2, *shape)
     with torch.no_grad():
         before = model(x)
@@ -149,7 +149,7 @@ def test_random_permutation_of_every_free_group_keeps_outputs(name, shape):
 
 def test_permuting_producers_alone_changes_outputs():
     """The check above can fail: a half-applied permutation is caught."""
-    model = randomize(create_model("resnet20"))
+    model = trained_like(create_model("resnet20"))
     x = torch.randn(2, 3, 32, 32)
     with torch.no_grad():
         before = model(x)
@@ -161,7 +161,7 @@ def test_permuting_producers_alone_changes_outputs():
 
 
 def test_masked_model_permutes_masks_with_weights_and_compacts():
-    model = randomize(create_model("digits_cnn"))
+    model = trained_like(create_model("digits_cnn"))
     pruners.prepare(model, {"features.3.weight": 0.5}, "filter")
     x = torch.randn(2, 1, 8, 8)
     with torch.no_grad():
@@ -181,7 +181,7 @@ def test_masked_model_permutes_masks_with_weights_and_compacts():
 
 
 def test_flatten_block_consumer_is_sliced_per_channel_block():
-    model = randomize(create_model("digits_cnn"))
+    model = trained_like(create_model("digits_cnn"))
     group = next(g for g in channel_groups(model, torch.randn(1, 1, 8, 8)) if ("features.7", "weight") in g.producers)
     w = model.classifier[0].weight.detach().clone()
     index_channels(model, group, torch.tensor([2, 5]))

@@ -21,7 +21,7 @@ from raysweep.speed.semi_structured import is_2to4, semi_structured_check
 from raysweep.config import RunConfig
 from raysweep.models import create_model
 
-from helpers import randomize
+from pruners.testing import trained_like
 
 TOL = 1e-5
 
@@ -32,7 +32,7 @@ TOL = 1e-5
 
 def masked(name: str, targets: dict, method: str, seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
-    model = randomize(create_model(name), seed)
+    model = trained_like(create_model(name), seed)
     pruners.prepare(model, targets, method)
     return model.eval()
 
@@ -42,7 +42,7 @@ def legacy_masked(name: str, targets: dict, method: str, seed: int = 0) -> nn.Mo
     so a dead filter still passes its bias through BatchNorm as a constant."""
     new = masked(name, targets, method, seed)
     torch.manual_seed(seed)
-    model = randomize(create_model(name), seed)
+    model = trained_like(create_model(name), seed)
     for full, wm in pruners.masked_parameters(new).items():
         if wm.method:
             mod_name, _, tensor = full.rpartition(".")
@@ -137,7 +137,7 @@ class Folds(nn.Module):
 
 
 def test_constants_fold_into_bn_running_mean_or_a_new_bias():
-    model = randomize(Folds())
+    model = trained_like(Folds())
     with torch.no_grad():
         model.b0.bias.fill_(1.0)  # every dead channel of c0 is a positive constant after ReLU
         model.b1.bias.fill_(1.0)
