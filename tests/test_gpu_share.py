@@ -54,3 +54,16 @@ def test_a_run_fits_by_its_gpu_share():
         check_fits(cfg, {"CPU": 2, "GPU": 0.4}, "the Ray cluster")
     with pytest.raises(ValueError, match=r"1 worker\(s\) x 1 CPU = 1 CPU and 1 x 0.25 GPU = 0.25 GPU"):
         max_concurrent_trials(get_executor(space(gpus_per_worker=0.25)), {"CPU": 4, "GPU": 0})
+
+
+def test_a_sweep_runs_no_more_trials_at_once_than_it_plans():
+    """The pool starts a worker group per trial it can run at once: a one-point sweep on a big
+    cluster starts one, not as many as would fit."""
+    from raysweep.sweep.driver import sweep_concurrency
+
+    cluster = {"CPU": 64, "GPU": 4}
+    one = space(workers_per_trial=2, executor="pool")
+    assert max_concurrent_trials(get_executor(one), cluster) == 32
+    assert sweep_concurrency(one, get_executor(one), cluster, "the Ray cluster") == 1
+    five = load_space({**POINT, "trials": 4, "methods": {"irregular": {"*": {"uniform": [0.3, 0.9]}}}, "resources": {"workers_per_trial": 2, "executor": "pool"}})
+    assert sweep_concurrency(five, get_executor(five), cluster, "the Ray cluster") == 5

@@ -115,8 +115,7 @@ def run_sweep(space: SearchSpace, storage: locations.Location, name: str, *, res
     if not ray_env.joins_a_cluster(address):
         fits(executor, ray_env.local_resources(), "this machine")
     ray_env.init_ray(address, log_to_driver=verbose)
-    # As many trials at once as fit; the pool starts as many worker groups, one per running trial.
-    concurrency = fits(executor, ray.cluster_resources(), "the Ray cluster")
+    concurrency = sweep_concurrency(space, executor, ray.cluster_resources(), "the Ray cluster")
     storage = locations.absolute(storage)
     exp_dir = locations.join(storage, name)
     # Before anything is written: a tracker that cannot start is bad input, like the storage.
@@ -187,6 +186,13 @@ def _use_callbacks(tuner: Any, callbacks: list) -> None:
     dispatcher name, an older version's progress table)."""
     run_config = tuner._local_tuner.get_run_config()
     run_config.callbacks, run_config.verbose, run_config.progress_reporter = callbacks, 0, None
+
+
+def sweep_concurrency(space: SearchSpace, executor: Executor, cluster: dict[str, float], where: str) -> int:
+    """As many trials at once as fit, and no more than the sweep plans: the pool starts one worker
+    group per trial it can run at once, so a one-trial sweep on a big cluster starts one group."""
+    concurrency = fits(executor, cluster, where)
+    return min(concurrency, planned_trials(space) or concurrency)
 
 
 def fits(executor: Executor, resources: dict[str, float], where: str) -> int:
