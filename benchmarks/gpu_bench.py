@@ -14,8 +14,9 @@ Three parts, each printed as a table and written to ``--out`` (JSON):
               NCCL refuses two ranks on one device, so with one GPU it is reported as skipped.
 
 ``--smoke`` runs every part on the CPU in about a minute (tests/test_gpu_bench.py): tiny data,
-Ray started with one declared GPU (trials asking for a GPU share then train on the CPU), and
-the DDP trial on gloo with two CPU workers. Budget on a GPU machine: ~5 minutes.
+Ray started with one declared GPU (trials asking for a GPU share then train on the CPU), two
+trials sharing it (one sweep), and the DDP trial on gloo with two CPU workers. Budget on a GPU
+machine: ~5 minutes.
 
     python benchmarks/gpu_bench.py [--smoke] [--out gpu_bench.json]
 """
@@ -48,10 +49,13 @@ class Sizes:
     sweep_trials: int
     sweep_epochs: int
     cpus: int  # Ray's CPUs: each trial holds one
+    shares: tuple[int, ...]  # trials per GPU, one sweep each
 
 
-REAL = Sizes(train=50_000, epochs=3, batch=512, sweep_train=10_000, sweep_trials=8, sweep_epochs=2, cpus=max(4, os.cpu_count() or 4))
-SMOKE = Sizes(train=32, epochs=1, batch=32, sweep_train=32, sweep_trials=1, sweep_epochs=1, cpus=4)
+REAL = Sizes(train=50_000, epochs=3, batch=512, sweep_train=10_000, sweep_trials=8, sweep_epochs=2, cpus=max(4, os.cpu_count() or 4),
+             shares=(1, 2, 4))
+# The smoke test shares the declared GPU two ways with two trials: they must overlap.
+SMOKE = Sizes(train=32, epochs=1, batch=32, sweep_train=32, sweep_trials=2, sweep_epochs=1, cpus=4, shares=(2,))
 SETTINGS = {"fp32": {"precision": "fp32", "channels_last": False}, "bf16": {"precision": "bf16", "channels_last": False},
             "bf16 + channels_last": {"precision": "bf16", "channels_last": True}}  # fmt: skip
 
@@ -110,7 +114,7 @@ def most_at_once(frame) -> int:
 
 def sharing(root: Path, dense: Path, sizes: Sizes, storage: Path, address: str) -> list[dict[str, Any]]:
     rows = []
-    for per_gpu in (1, 2, 4):
+    for per_gpu in sizes.shares:
         resources = {"workers_per_trial": 1, "cpus_per_worker": 1, "gpus_per_worker": 1 / per_gpu, "executor": "inprocess"}
         frame, wall, concurrency = _sweep(_space(root, dense, sizes, resources, sizes.sweep_trials), storage, f"share{per_gpu}", address)
         done = int((frame["status"] == "TERMINATED").sum())
