@@ -11,7 +11,8 @@ classifier's outputs alone. Per model, in one process, 1 thread, calls interleav
   ratios (raysweep's model, Torch-Pruning's and Torch-Pruning's again, back to back in rotating
   order), which load that changes between rounds does not bias;
 * prune+compact time: raysweep ``prepare(..., "channel")`` (masks, as a trial fine-tunes with)
-  + ``compact``; Torch-Pruning's ``MagnitudePruner`` (dependency graph) + ``step()``; each part
+  + ``compact(inplace=True)``; Torch-Pruning's ``MagnitudePruner`` (dependency graph) + ``step()``,
+  each on its own deep copy of the dense model that it turns into the pruned one; each part
   too. After one warm-up run of each, a garbage collection before every run, medians;
 * max |diff| against the masked model: raysweep's own masks (what a trial fine-tunes); for
   Torch-Pruning, the dense model with the filters it removes zeroed (weights only: BatchNorm's
@@ -78,7 +79,7 @@ def run_raysweep(dense: nn.Module, x: torch.Tensor) -> tuple[nn.Module, float, f
     start = time.perf_counter()
     pruners.prepare(model, {"*": RATIO}, "channel", example_input=x)
     middle = time.perf_counter()
-    small, report = compact(model, x)
+    small, report = compact(model, x, inplace=True)  # the copy becomes the pruned model, as Torch-Pruning's does
     return small, middle - start, time.perf_counter() - middle, report.max_abs_diff
 
 

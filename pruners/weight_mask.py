@@ -211,12 +211,44 @@ def squash(model: nn.Module) -> nn.Module:
     shares the parametrized module class between the copies, and removing the parametrization
     from one deletes ``weight`` from the other; ``pruners.compact.squashed_copy`` is safe.
     """
-    for name, module, tensor_name, _ in list(entries(model)):
-        plist = module.parametrizations[tensor_name]
-        if not all(isinstance(p, WeightMask) for p in plist):
-            raise ValueError(f"{name!r} has other parametrizations besides its mask; remove them first")
-        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+    for mod_name, module in modules_of(model):
+        holder = module._modules.get("parametrizations")
+        if not isinstance(holder, nn.ModuleDict):
+            continue
+        masked = [t for t, plist in holder._modules.items() if any(isinstance(p, WeightMask) for p in plist._modules.values())]
+        for tensor_name in masked:
+            if not all(isinstance(p, WeightMask) for p in holder._modules[tensor_name]._modules.values()):
+                name = strip_module_prefix(f"{mod_name}.{tensor_name}" if mod_name else tensor_name)
+                raise ValueError(f"{name!r} has other parametrizations besides its mask; remove them first")
+        if masked and not _squash_module(module):
+            for tensor_name in masked:
+                parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
     return model
+
+
+@torch.no_grad()
+def _squash_module(module: nn.Module) -> bool:
+    """``remove_parametrizations(leave_parametrized=True)`` of every mask of ``module`` at once, when
+    each is one ``WeightMask`` on a Parameter: each original Parameter (the same object, so an
+    optimizer holding it still works) takes its effective value, with no copy where ``step`` has
+    just hard-pruned it, and the module gets its class back. False (nothing done) otherwise."""
+    holder = module._modules.get("parametrizations")
+    cls = type(module)
+    if not isinstance(holder, nn.ModuleDict) or not cls.__name__.startswith("Parametrized"):
+        return False
+    plists = list(holder._modules.items())
+    if not all(len(pl._modules) == 1 and isinstance(pl._modules["0"], WeightMask) and type(pl.original) is nn.Parameter
+               for _, pl in plists):  # fmt: skip
+        return False
+    for tensor_name, plist in plists:
+        original = plist.original
+        value = plist._modules["0"].effective(original.detach())
+        if value.data_ptr() != original.data_ptr():
+            original.set_(value)  # as remove_parametrizations does: the Parameter keeps its id
+        module._parameters[tensor_name] = original
+    del module._modules["parametrizations"]
+    module.__class__ = cls.__bases__[0]  # torch made this class for this module alone
+    return True
 
 
 _MASK_KEY = re.compile(r"^(?:(?P<mod>.*)\.)?parametrizations\.(?P<tensor>[^.]+)\.(?P<idx>\d+)\.mask$")

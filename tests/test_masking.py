@@ -9,6 +9,7 @@ import torch.nn as nn
 from torch.nn.utils import parametrize
 
 import pruners
+from pruners.weight_mask import entries
 from pruners.masking import (
     PruneReport,
     WeightMask,
@@ -208,6 +209,36 @@ def test_squash_leaves_plain_parameters_with_zeros():
         assert torch.equal(module.weight == 0, z)
     assert "block0.0.weight" in model.state_dict()
     assert torch.allclose(model(x), out)
+
+
+@pytest.mark.parametrize("trained", [False, True])
+def test_squash_matches_torchs_remove_parametrizations_and_keeps_each_parameter(trained):
+    """squash removes a module's masks at once; the result is torch's, tensor for tensor, and
+    every Parameter an optimizer holds is still the model's (also once the originals are off their
+    masks, when the effective values are products, not the originals themselves)."""
+    torch.manual_seed(0)
+    ours, theirs = _net(), _net()
+    theirs.load_state_dict(ours.state_dict())
+    for model in (ours, theirs):
+        prepare(model, TARGETS, "filter")  # with the BatchNorms after the convs: weight and bias masked
+    if trained:
+        x = torch.randn(2, 3, 6, 6)
+        for model in (ours, theirs):
+            opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+            model(x).sum().backward()
+            opt.step()
+            with torch.no_grad():  # originals off their masks (as an optimizer with noise would move them)
+                for _, module, tensor_name, _ in entries(model):
+                    module.parametrizations[tensor_name].original.add_(0.5)
+    held = {id(p) for p in ours.parameters()}
+    for _, module, tensor_name, _ in list(entries(theirs)):
+        parametrize.remove_parametrizations(module, tensor_name, leave_parametrized=True)
+    squash(ours)
+    assert list(ours.state_dict()) == list(theirs.state_dict())
+    for (name, a), b in zip(ours.state_dict().items(), theirs.state_dict().values()):
+        assert torch.equal(a, b), name
+    assert {id(p) for p in ours.parameters()} == held
+    assert all(type(m).__name__ == type(t).__name__ for m, t in zip(ours.modules(), theirs.modules()))
 
 
 def test_checkpoint_round_trip(tmp_path: Path):
