@@ -56,21 +56,28 @@ def test_a_file_store_cut_short_by_a_killed_driver_is_repaired_before_the_sweep_
     store = tmp_path / "mlruns"
     client = MlflowClient(tracking_uri=store.as_uri())
     experiment = client.create_experiment("sweep")
-    whole, emptied, cut = (client.create_run(experiment).info.run_id for _ in range(3))
+    whole, emptied, cut, live = (client.create_run(experiment).info.run_id for _ in range(4))
     client.log_metric(whole, "accuracy", 0.5, step=0)
     client.log_metric(whole, "accuracy", 0.75, step=1)
+    client.log_metric(live, "accuracy", 0.25, step=0)
     (store / experiment / emptied / "meta.yaml").write_text("")
     meta = store / experiment / cut / "meta.yaml"
     meta.write_text(meta.read_text()[:-12])  # a sorted dump cut in its last key, user_id
     metric = store / experiment / whole / "metrics" / "accuracy"
     metric.write_bytes(metric.read_bytes() + b"17962")  # a third line, cut short
+    written = store / experiment / live / "metrics" / "accuracy"
+    line = written.read_bytes()
+    written.write_bytes(line + line[:9])  # another sweep on this store, in the middle of a write
     with pytest.raises(Exception):
         client.search_runs([experiment])
+    # ... which it finishes while the repair waits to look again
+    monkeypatch.setattr(tracking.time, "sleep", lambda s: written.write_bytes(line + line.replace(b" 0.25 0", b" 0.5 1")))
 
     changed = tracking.repair_file_store(store)
 
     aside = store / experiment / ".raysweep-unreadable"
     assert sorted(changed) == sorted([aside / emptied, aside / cut, metric])
-    assert [r.info.run_id for r in client.search_runs([experiment])] == [whole]
+    assert sorted(r.info.run_id for r in client.search_runs([experiment])) == sorted([whole, live])
     assert [m.value for m in client.get_metric_history(whole, "accuracy")] == [0.5, 0.75]
+    assert [m.value for m in client.get_metric_history(live, "accuracy")] == [0.25, 0.5]  # left as its writer wrote it
     assert tracking.repair_file_store(store) == []  # a whole store is left alone

@@ -17,6 +17,7 @@ import importlib.util
 import logging
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any, Callable, Optional
 from urllib.parse import urlparse
@@ -162,56 +163,67 @@ class MLflow(Tracker):
         self.client.set_terminated(self.parent, "FINISHED" if summary.get("finished") else "FAILED")
 
 
-def repair_file_store(root: Path) -> list[Path]:
+def repair_file_store(root: Path, settle_s: float = 1.0) -> list[Path]:
     """Make a local MLflow store that a killed driver left half-written readable again.
 
     MLflow's file store writes without renames: a driver SIGKILLed mid-write leaves an empty
     ``meta.yaml`` (every search of the experiment then fails) or a metric file whose last line
     is cut. A run without its meta is moved aside to ``<experiment>/.raysweep-unreadable/``
-    (its trial gets a new run on resume); a cut line is dropped. Returns what it changed."""
+    (its trial gets a new run on resume); a cut line is dropped. What looks cut is looked at
+    again ``settle_s`` later and left alone if it changed: another sweep may be writing to the
+    same store, and its writes take far less. Returns what it changed."""
+    found = _cut_short(root)
+    if found and settle_s > 0:
+        time.sleep(settle_s)
+        again = _cut_short(root)
+        found = {path: state for path, state in found.items() if again.get(path) == state}
     changed: list[Path] = []
+    for path in found:
+        if path.name == "meta.yaml":
+            run_dir = path.parent
+            aside = run_dir.parent / ".raysweep-unreadable" / run_dir.name
+            aside.parent.mkdir(exist_ok=True)
+            run_dir.rename(aside)
+            changed.append(aside)
+            log.warning("tracking.mlflow: run %s was cut short by a killed driver; moved aside to %s", run_dir, aside)
+        else:
+            text = path.read_bytes()
+            path.write_bytes(text[: text.rfind(b"\n") + 1])
+            changed.append(path)
+            log.warning("tracking.mlflow: %s was cut short by a killed driver; dropped its cut last line", path)
+    return changed
+
+
+def _cut_short(root: Path) -> dict[Path, bytes]:
+    """Each run meta that is not whole, and each metric file whose last line is cut: its bytes."""
+    found: dict[Path, bytes] = {}
     for meta in root.glob("*/*/meta.yaml"):
         run_dir = meta.parent
         if not run_dir.parent.name.isdigit() or run_dir.name.startswith("."):
             continue  # not an experiment's run: the trash, registered models
-        if _readable_meta(meta):
-            for metric in (run_dir / "metrics").rglob("*"):
-                if metric.is_file() and _drop_cut_line(metric):
-                    changed.append(metric)
+        text = meta.read_bytes()
+        if not _readable_meta(text):
+            found[meta] = text
             continue
-        aside = run_dir.parent / ".raysweep-unreadable" / run_dir.name
-        aside.parent.mkdir(exist_ok=True)
-        run_dir.rename(aside)
-        changed.append(aside)
-    for path in changed:
-        log.warning("tracking.mlflow: %s was cut short by a killed driver; %s", path,
-                    "moved aside" if path.parent.name == ".raysweep-unreadable" else "dropped its cut last line")  # fmt: skip
-    return changed
+        for metric in (run_dir / "metrics").rglob("*"):
+            if metric.is_file() and (data := metric.read_bytes()) and not data.endswith(b"\n"):
+                found[metric] = data  # lines are ``timestamp value step``, each ended by a newline
+    return found
 
 
 RUN_META_KEYS = {"run_id", "experiment_id", "user_id", "start_time", "end_time", "lifecycle_stage", "artifact_uri"}
 
 
-def _readable_meta(path: Path) -> bool:
+def _readable_meta(text: bytes) -> bool:
     """Whole: ends its last line, and holds the keys MLflow's RunInfo is built from (MLflow
     writes them in sorted order, so a cut file parses but lacks the last ones)."""
     import yaml
 
     try:
-        text = path.read_text()
-        meta = yaml.safe_load(text)
+        meta = yaml.safe_load(text.decode())
     except (yaml.YAMLError, UnicodeDecodeError):
         return False
-    return text.endswith("\n") and isinstance(meta, dict) and RUN_META_KEYS <= meta.keys()
-
-
-def _drop_cut_line(path: Path) -> bool:
-    """A metric file's lines are ``timestamp value step``, each ended by a newline."""
-    text = path.read_bytes()
-    if not text or text.endswith(b"\n"):
-        return False
-    path.write_bytes(text[: text.rfind(b"\n") + 1])
-    return True
+    return text.endswith(b"\n") and isinstance(meta, dict) and RUN_META_KEYS <= meta.keys()
 
 
 class _TrialRuns(MLflowLoggerCallback):
