@@ -84,19 +84,14 @@ def dense_digits(tmp_path_factory):
     """A dense digits_cnn trained once, in this process (no Ray), for every test that prunes it:
     ``<folder>/final.pt`` (a raysweep checkpoint) and ``metrics.csv``."""
     import pandas as pd
-    import torch
 
+    from helpers import run_local
     from raysweep.config import RunConfig
     from raysweep.trial.checkpoint import save_checkpoint
-    from raysweep.trial.loop import run_loop
-    from raysweep.trial.sessions import LocalSession
 
-    threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("dense") / "dense"
     out.mkdir()
-    session = LocalSession()
-    run_loop({"run": RunConfig(epochs=15, seed=OUTCOME_SEED, print_freq=0).to_dict(), "run_dir": ""}, session)
-    torch.set_num_threads(threads)  # the loop sets its own
+    session = run_local(RunConfig(epochs=15, seed=OUTCOME_SEED, print_freq=0))
     save_checkpoint(session.state, out / "final.pt")
     pd.DataFrame(session.reports).to_csv(out / "metrics.csv", index=False)
     return out

@@ -35,3 +35,21 @@ def write_space(folder: Path, space: dict[str, Any]) -> Path:
     path = Path(folder) / f"{space['name']}.yaml"
     path.write_text(yaml.safe_dump(space))
     return path
+
+
+def run_local(cfg: Any, session: Any = None) -> Any:
+    """The training loop on ``cfg`` (a RunConfig) in this process, no Ray; returns the session
+    (a ``LocalSession`` unless given), which holds every report and the last checkpoint. The loop
+    sets torch's thread count for itself: the caller's is restored."""
+    import torch
+
+    from raysweep.trial.loop import run_loop
+    from raysweep.trial.sessions import LocalSession
+
+    session = LocalSession() if session is None else session
+    threads = torch.get_num_threads()
+    try:
+        run_loop({"run": cfg.to_dict(), "run_dir": ""}, session)
+    finally:
+        torch.set_num_threads(threads)
+    return session

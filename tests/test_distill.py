@@ -15,8 +15,7 @@ from raysweep.results.collect import _METRIC_COLUMNS
 from raysweep.space import SpaceError, flatten_config, load_space, to_mapping, to_tune, trial_run_config
 from raysweep.trial.checkpoint import read_weights
 from raysweep.trial.distill import distillation_loss
-from raysweep.trial.loop import run_loop
-from raysweep.trial.sessions import LocalSession
+from helpers import run_local
 
 
 def test_the_loss_matches_a_hand_computed_example():
@@ -50,10 +49,7 @@ def test_the_teacher_is_the_dense_model_loaded_once_frozen_in_eval_mode(dense_di
     monkeypatch.setattr(loop_mod, "load_teacher", load_and_watch)
     cfg = RunConfig(epochs=2, lr=0.01, print_freq=0, weight_file=str(dense_digits / "final.pt"), method="irregular",
                     targets={"*": 0.9}, distill_alpha=0.7, distill_temperature=4.0)  # fmt: skip
-    session = LocalSession()
-    threads = torch.get_num_threads()
-    run_loop({"run": cfg.to_dict(), "run_dir": ""}, session)
-    torch.set_num_threads(threads)
+    session = run_local(cfg)
     assert len(built) == 1  # once per trial, not per epoch
     teacher = built[0]
     assert not teacher.training and not any(p.requires_grad for p in teacher.parameters())
@@ -67,10 +63,7 @@ def test_the_teacher_is_the_dense_model_loaded_once_frozen_in_eval_mode(dense_di
 
 def test_without_alpha_no_teacher_is_loaded(monkeypatch):
     monkeypatch.setattr(loop_mod, "load_teacher", lambda *a: pytest.fail("a teacher was loaded with distill_alpha 0"))
-    session = LocalSession()
-    threads = torch.get_num_threads()
-    run_loop({"run": RunConfig(epochs=1, print_freq=0).to_dict(), "run_dir": ""}, session)
-    torch.set_num_threads(threads)
+    session = run_local(RunConfig(epochs=1, print_freq=0))
     assert session.reports[-1]["distill_alpha"] == 0.0
 
 

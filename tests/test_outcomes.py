@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
 import pruners
 from conftest import OUTCOME_SEED
 from raysweep.config import RunConfig
-from raysweep.trial.loop import run_loop
-from raysweep.trial.sessions import LocalSession
+from helpers import run_local
 
 pytestmark = pytest.mark.outcome
 
@@ -39,10 +37,7 @@ def test_irregular_090_with_agp_stays_near_dense(dense_digits, outcome):
         schedule_params={"start_epoch": 0, "end_epoch": 6, "frequency": 1},
         weight_file=str(dense_digits / "final.pt"),
     )  # fmt: skip
-    session = LocalSession()
-    threads = torch.get_num_threads()
-    run_loop({"run": cfg.to_dict(), "run_dir": ""}, session)
-    torch.set_num_threads(threads)
+    session = run_local(cfg)
     final = session.reports[-1]
     assert final["sparsity"] == pytest.approx(0.9, abs=1e-3)
     assert all(int((~wm.mask).sum()) == int(0.9 * wm.mask.numel() + 0.5) for wm in _masks(session.state))
@@ -53,10 +48,7 @@ def test_irregular_090_with_agp_stays_near_dense(dense_digits, outcome):
 
 def test_bf16_dense_digits_trains_into_the_fp32_band(outcome):
     """The dense fixture's recipe (15 epochs, seed, defaults) under bfloat16 autocast on the CPU."""
-    session = LocalSession()
-    threads = torch.get_num_threads()
-    run_loop({"run": RunConfig(epochs=15, seed=OUTCOME_SEED, print_freq=0, precision="bf16").to_dict(), "run_dir": ""}, session)
-    torch.set_num_threads(threads)
+    session = run_local(RunConfig(epochs=15, seed=OUTCOME_SEED, print_freq=0, precision="bf16"))
     assert session.reports[-1]["precision"] == "bf16"
     # Measured 0.9889-0.9944 over seeds 0-2 on both kernel paths (bf16 + channels_last), as fp32 there:
     # fp32's bound, 0.97, leaves >= 1.8 points.

@@ -14,10 +14,11 @@ from raysweep import prune, train
 from raysweep.config import RunConfig
 from raysweep.space import SpaceError, load_space
 from raysweep.trial.epoch import TrainStep
-from raysweep.trial.loop import run_loop
 from raysweep.trial.optim import LR_SCHEDULES, cosine_factor
 from raysweep.trial.precision import PRECISIONS, Compute, PrecisionError
 from raysweep.trial.sessions import LocalSession
+
+from helpers import run_local as run
 
 
 class _Stop(Exception):
@@ -35,15 +36,6 @@ class StopAfter(LocalSession):
         super().report(metrics, state, epoch)
         if epoch == self.stop_epoch:
             raise _Stop
-
-
-def run(cfg: RunConfig, session: LocalSession) -> LocalSession:
-    threads = torch.get_num_threads()
-    try:
-        run_loop({"run": cfg.to_dict(), "run_dir": ""}, session)
-    finally:
-        torch.set_num_threads(threads)  # the loop sets its own
-    return session
 
 
 def pruned(dense_digits, **options) -> RunConfig:

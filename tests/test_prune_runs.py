@@ -5,21 +5,14 @@ from __future__ import annotations
 
 import pandas as pd
 import pytest
-import torch
 
+from helpers import run_local
 from raysweep.prune import build_parser, config_from_prune_args
-from raysweep.trial.loop import run_loop
-from raysweep.trial.sessions import LocalSession
 
 
 def layer_table(argv: list[str]) -> pd.DataFrame:
     """The layers.csv a prune run with ``argv`` writes, from its final checkpoint."""
-    cfg = config_from_prune_args(build_parser().parse_args(argv))
-    session, threads = LocalSession(), torch.get_num_threads()
-    try:
-        run_loop({"run": cfg.to_dict(), "run_dir": ""}, session)
-    finally:
-        torch.set_num_threads(threads)  # the loop sets its own
+    session = run_local(config_from_prune_args(build_parser().parse_args(argv)))
     return pd.DataFrame(session.state.layers).set_index("name")
 
 
