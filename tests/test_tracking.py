@@ -73,11 +73,11 @@ def test_a_file_store_cut_short_by_a_killed_driver_is_repaired_before_the_sweep_
     # ... which it finishes while the repair waits to look again
     monkeypatch.setattr(tracking.time, "sleep", lambda s: written.write_bytes(line + line.replace(b" 0.25 0", b" 0.5 1")))
 
-    changed = tracking.repair_file_store(store)
+    changed = tracking.repair_file_store(store / experiment)
 
     aside = store / experiment / ".raysweep-unreadable"
     assert sorted(changed) == sorted([aside / emptied, aside / cut, metric])
     assert sorted(r.info.run_id for r in client.search_runs([experiment])) == sorted([whole, live])
     assert [m.value for m in client.get_metric_history(whole, "accuracy")] == [0.5, 0.75]
     assert [m.value for m in client.get_metric_history(live, "accuracy")] == [0.25, 0.5]  # left as its writer wrote it
-    assert tracking.repair_file_store(store) == []  # a whole store is left alone
+    assert tracking.repair_file_store(store / experiment) == []  # a whole store is left alone

@@ -120,15 +120,17 @@ class MLflow(Tracker):
         from mlflow.tracking import MlflowClient
 
         uri = self.settings.get("tracking_uri")
-        if uri and uri.startswith("file:"):
+        store = Path(url2pathname(urlparse(uri).path)) if uri and uri.startswith("file:") else None
+        if store is not None:
             # MLflow 3 refuses its local file store unless asked: the space asked for a folder.
             os.environ.setdefault("MLFLOW_ALLOW_FILE_STORE", "true")
-            repair_file_store(Path(url2pathname(urlparse(uri).path)))
         self.experiment = self.settings.get("experiment") or self.sweep
         try:
             client = MlflowClient(tracking_uri=uri)
             found = client.get_experiment_by_name(self.experiment)
             experiment_id = found.experiment_id if found else client.create_experiment(self.experiment)
+            if store is not None:  # the runs this sweep's searches read
+                repair_file_store(store / experiment_id)
             self.parent = self._parent_run(client, experiment_id)
         except Exception as exc:  # noqa: BLE001 -- unreachable server, bad URI, refused: one message
             raise RunInputError(f"tracking.mlflow: cannot use MLflow at {uri or 'its default tracking URI'}: {first_line(exc)}") from None
@@ -163,8 +165,8 @@ class MLflow(Tracker):
         self.client.set_terminated(self.parent, "FINISHED" if summary.get("finished") else "FAILED")
 
 
-def repair_file_store(root: Path, settle_s: float = 1.0) -> list[Path]:
-    """Make a local MLflow store that a killed driver left half-written readable again.
+def repair_file_store(experiment_dir: Path, settle_s: float = 1.0) -> list[Path]:
+    """Make an experiment of a local MLflow store that a killed driver left half-written readable again.
 
     MLflow's file store writes without renames: a driver SIGKILLed mid-write leaves an empty
     ``meta.yaml`` (every search of the experiment then fails) or a metric file whose last line
@@ -172,10 +174,10 @@ def repair_file_store(root: Path, settle_s: float = 1.0) -> list[Path]:
     (its trial gets a new run on resume); a cut line is dropped. What looks cut is looked at
     again ``settle_s`` later and left alone if it changed: another sweep may be writing to the
     same store, and its writes take far less. Returns what it changed."""
-    found = _cut_short(root)
+    found = _cut_short(experiment_dir)
     if found and settle_s > 0:
         time.sleep(settle_s)
-        again = _cut_short(root)
+        again = _cut_short(experiment_dir)
         found = {path: state for path, state in found.items() if again.get(path) == state}
     changed: list[Path] = []
     for path in found:
@@ -194,21 +196,33 @@ def repair_file_store(root: Path, settle_s: float = 1.0) -> list[Path]:
     return changed
 
 
-def _cut_short(root: Path) -> dict[Path, bytes]:
-    """Each run meta that is not whole, and each metric file whose last line is cut: its bytes."""
-    found: dict[Path, bytes] = {}
-    for meta in root.glob("*/*/meta.yaml"):
-        run_dir = meta.parent
-        if not run_dir.parent.name.isdigit() or run_dir.name.startswith("."):
-            continue  # not an experiment's run: the trash, registered models
-        text = meta.read_bytes()
-        if not _readable_meta(text):
-            found[meta] = text
+def _cut_short(experiment_dir: Path) -> dict[Path, tuple[int, int]]:
+    """Each run meta that is not whole, and each metric file whose last line is cut (lines are
+    ``timestamp value step``, each ended by a newline, so its last byte tells): its size and mtime."""
+    found: dict[Path, tuple[int, int]] = {}
+    for meta in experiment_dir.glob("*/meta.yaml"):
+        if meta.parent.name.startswith("."):
+            continue  # runs moved aside
+        if not _readable_meta(meta.read_bytes()):
+            found[meta] = _state(meta)
             continue
-        for metric in (run_dir / "metrics").rglob("*"):
-            if metric.is_file() and (data := metric.read_bytes()) and not data.endswith(b"\n"):
-                found[metric] = data  # lines are ``timestamp value step``, each ended by a newline
+        for metric in (meta.parent / "metrics").rglob("*"):
+            if metric.is_file() and not _ends_a_line(metric):
+                found[metric] = _state(metric)
     return found
+
+
+def _ends_a_line(path: Path) -> bool:
+    with path.open("rb") as f:
+        if f.seek(0, os.SEEK_END) == 0:
+            return True  # empty: nothing cut
+        f.seek(-1, os.SEEK_END)
+        return f.read(1) == b"\n"
+
+
+def _state(path: Path) -> tuple[int, int]:
+    st = path.stat()
+    return st.st_size, st.st_mtime_ns
 
 
 RUN_META_KEYS = {"run_id", "experiment_id", "user_id", "start_time", "end_time", "lifecycle_stage", "artifact_uri"}
