@@ -247,7 +247,7 @@ def _squash_module(module: nn.Module) -> bool:
             original.set_(value)  # as remove_parametrizations does: the Parameter keeps its id
         module._parameters[tensor_name] = original
     del module._modules["parametrizations"]
-    module.__class__ = cls.__bases__[0]  # torch made this class for this module alone
+    module.__class__ = cls.__bases__[0]  # the class itself is untouched: a deep copy sharing it keeps its masks
     return True
 
 
