@@ -75,9 +75,16 @@ def test_a_file_store_cut_short_by_a_killed_driver_is_repaired_before_the_sweep_
 
     changed = tracking.repair_file_store(store / experiment)
 
-    aside = store / experiment / ".raysweep-unreadable"
-    assert sorted(changed) == sorted([aside / emptied, aside / cut, metric])
-    assert sorted(r.info.run_id for r in client.search_runs([experiment])) == sorted([whole, live])
+    # the two runs without a whole meta get it back, rebuilt from the whole run's: a resumed trial finds its run
+    assert sorted(changed) == sorted([store / experiment / emptied / "meta.yaml", meta, metric])
+    assert sorted(r.info.run_id for r in client.search_runs([experiment])) == sorted([whole, emptied, cut, live])
+    assert all(client.get_run(r).info.status == "RUNNING" for r in (emptied, cut))
     assert [m.value for m in client.get_metric_history(whole, "accuracy")] == [0.5, 0.75]
     assert [m.value for m in client.get_metric_history(live, "accuracy")] == [0.25, 0.5]  # left as its writer wrote it
     assert tracking.repair_file_store(store / experiment) == []  # a whole store is left alone
+    # an experiment with no whole run to rebuild from: its broken run is moved aside
+    lone = client.create_experiment("lone")
+    broken = client.create_run(lone).info.run_id
+    (store / lone / broken / "meta.yaml").write_text("")
+    assert tracking.repair_file_store(store / lone) == [store / lone / ".raysweep-unreadable" / broken]
+    assert client.search_runs([lone]) == []

@@ -170,8 +170,10 @@ def repair_file_store(experiment_dir: Path, settle_s: float = 1.0) -> list[Path]
 
     MLflow's file store writes without renames: a driver SIGKILLed mid-write leaves an empty
     ``meta.yaml`` (every search of the experiment then fails) or a metric file whose last line
-    is cut. A run without its meta is moved aside to ``<experiment>/.raysweep-unreadable/``
-    (its trial gets a new run on resume); a cut line is dropped. What looks cut is looked at
+    is cut. A run without its meta gets one rebuilt from a whole run's of the experiment (its id,
+    name and artifact folder its own, status RUNNING), so a resumed trial finds its run with the
+    epochs logged before the kill; with no whole run to go by, it is moved aside to
+    ``<experiment>/.raysweep-unreadable/`` (its trial gets a new run). A cut line is dropped. What looks cut is looked at
     again ``settle_s`` later and left alone if it changed: another sweep may be writing to the
     same store, and its writes take far less. Returns what it changed."""
     found = _cut_short(experiment_dir)
@@ -180,8 +182,13 @@ def repair_file_store(experiment_dir: Path, settle_s: float = 1.0) -> list[Path]
         again = _cut_short(experiment_dir)
         found = {path: state for path, state in found.items() if again.get(path) == state}
     changed: list[Path] = []
+    template = _whole_meta(experiment_dir)
     for path in found:
-        if path.name == "meta.yaml":
+        if path.name == "meta.yaml" and template is not None:
+            path.write_text(_rebuilt_meta(path.parent, template))
+            changed.append(path)
+            log.warning("tracking.mlflow: run %s was cut short by a killed driver; its meta.yaml rebuilt", path.parent)
+        elif path.name == "meta.yaml":
             run_dir = path.parent
             aside = run_dir.parent / ".raysweep-unreadable" / run_dir.name
             aside.parent.mkdir(exist_ok=True)
@@ -194,6 +201,30 @@ def repair_file_store(experiment_dir: Path, settle_s: float = 1.0) -> list[Path]
             changed.append(path)
             log.warning("tracking.mlflow: %s was cut short by a killed driver; dropped its cut last line", path)
     return changed
+
+
+def _whole_meta(experiment_dir: Path) -> Optional[dict[str, Any]]:
+    import yaml
+
+    for meta in experiment_dir.glob("*/meta.yaml"):
+        text = meta.read_bytes()
+        if not meta.parent.name.startswith(".") and _readable_meta(text):
+            return yaml.safe_load(text.decode())
+    return None
+
+
+def _rebuilt_meta(run_dir: Path, template: dict[str, Any]) -> str:
+    """The meta.yaml of ``run_dir``: what MLflow would have written, from a sibling's."""
+    import yaml
+
+    name_tag = run_dir / "tags" / "mlflow.runName"
+    meta = {**template, "run_id": run_dir.name, "run_uuid": run_dir.name, "end_time": None, "status": 1,  # RUNNING
+            "lifecycle_stage": "active", "start_time": int(run_dir.stat().st_mtime * 1000),
+            "run_name": name_tag.read_text() if name_tag.is_file() else run_dir.name,
+            "artifact_uri": str(template["artifact_uri"]).replace(str(template["run_id"]), run_dir.name)}  # fmt: skip
+    if "run_uuid" not in template:
+        del meta["run_uuid"]
+    return yaml.safe_dump(meta, default_flow_style=False)
 
 
 def _cut_short(experiment_dir: Path) -> dict[Path, tuple[int, int]]:
