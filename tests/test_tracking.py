@@ -88,3 +88,50 @@ def test_a_file_store_cut_short_by_a_killed_driver_is_repaired_before_the_sweep_
     (store / lone / broken / "meta.yaml").write_text("")
     assert tracking.repair_file_store(store / lone) == [store / lone / ".raysweep-unreadable" / broken]
     assert client.search_runs([lone]) == []
+
+
+class _Trial:
+    """What the callback reads of Tune's Trial (hashed by identity, as Tune's is)."""
+
+    def __init__(self, trial_id: str) -> None:
+        self.trial_id, self.config = trial_id, {"method": "nm"}
+
+
+@pytest.mark.skipif(not tracking.importlib.util.find_spec("mlflow"), reason="mlflow is not installed")
+def test_a_resumed_trial_gets_the_epochs_its_run_lacks_from_its_checkpoint(tmp_path, monkeypatch):
+    """A driver killed after a trial saved epoch 1's checkpoint but before it logged epoch 1
+    (seen in CI): the resumed trial reports from epoch 2 on, and its run still gets every epoch."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from raysweep.trial.checkpoint import Checkpoint, CheckpointFolder
+
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    store, trials = (tmp_path / "mlruns").as_uri(), tmp_path / "exp" / "trials"
+    history = [{"epoch": e, "accuracy": 0.5 + e / 10, "method": "nm"} for e in range(3)]
+
+    def driver() -> tracking._TrialRuns:
+        callback = tracking._TrialRuns(store, experiment_name="sweep", trials_dir=trials,
+                                       tags={tracking.PARENT_TAG: "sweep-run", tracking.SWEEP_TAG: "exp"})  # fmt: skip
+        callback.setup()
+        return callback
+
+    first, resumed, fresh = _Trial("t1"), _Trial("t1"), _Trial("t2")
+    killed = driver()
+    killed.log_trial_start(first)
+    killed.log_trial_start(fresh)
+    killed.log_trial_result(1, first, {**history[0], "training_iteration": 1})
+    killed.log_trial_result(1, fresh, {**history[0], "training_iteration": 1})  # no checkpoint: none is read
+    CheckpointFolder(trials / "t1").save(Checkpoint(model={"w": torch.zeros(1)}, epoch=1, history=history[:2]), 1)
+    # ... killed here; the resumed trial saves epoch 2 and reports it
+    CheckpointFolder(trials / "t1").save(Checkpoint(model={"w": torch.zeros(1)}, epoch=2, history=history), 2)
+    again = driver()
+    again.log_trial_start(resumed)
+    again.log_trial_result(1, resumed, {**history[2], "training_iteration": 1})
+    again.log_trial_result(2, resumed, {**history[2], "training_iteration": 2})  # only a first result is looked at
+
+    client = MlflowClient(tracking_uri=store)
+    (run,) = client.search_runs([client.get_experiment_by_name("sweep").experiment_id], filter_string="tags.`raysweep.trial_id` = 't1'")
+    logged = client.get_metric_history(run.info.run_id, "accuracy")
+    assert sorted((m.step, m.value) for m in logged) == [(1, 0.5), (1, 0.7), (2, 0.6), (2, 0.7)]
+    assert sorted({m.value for m in client.get_metric_history(run.info.run_id, "epoch")}) == [0.0, 1.0, 2.0]

@@ -28,6 +28,7 @@ from ray.air.integrations.mlflow import MLflowLoggerCallback  # imports mlflow o
 from raysweep import storage
 from raysweep.errors import RunInputError, first_line
 from raysweep.space import SearchSpace
+from raysweep.trial.checkpoint import CheckpointFolder
 
 log = logging.getLogger("raysweep.tracking")
 
@@ -150,7 +151,8 @@ class MLflow(Tracker):
 
     def callbacks(self) -> list:
         return [_TrialRuns(self.settings.get("tracking_uri"), experiment_name=self.experiment,
-                           tags={PARENT_TAG: self.parent, SWEEP_TAG: str(self.exp_dir)})]  # fmt: skip
+                           tags={PARENT_TAG: self.parent, SWEEP_TAG: str(self.exp_dir)},
+                           trials_dir=storage.join(self.exp_dir, "trials"))]  # fmt: skip
 
     def finish(self, paths: dict[str, storage.Location], summary: dict[str, Any]) -> None:
         with tempfile.TemporaryDirectory(prefix="raysweep-mlflow-") as tmp:
@@ -273,7 +275,13 @@ def _readable_meta(text: bytes) -> bool:
 
 class _TrialRuns(MLflowLoggerCallback):
     """Tune's MLflow callback, one run per trial under the sweep's run; a trial that a resumed
-    sweep continues keeps its run. Failures are warnings: tracking never stops a sweep."""
+    sweep continues keeps its run, and gets the epochs its run lacks from its checkpoint's
+    history. Failures are warnings: tracking never stops a sweep."""
+
+    def __init__(self, *args: Any, trials_dir: storage.Location, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.trials_dir = trials_dir
+        self._seen: set[str] = set()  # trials whose first result this driver has handled
 
     def log_trial_start(self, trial: Any) -> None:
         self._guarded(self._start, trial)
@@ -292,7 +300,26 @@ class _TrialRuns(MLflowLoggerCallback):
 
     def log_trial_result(self, iteration: int, trial: Any, result: dict) -> None:
         if trial in self._trial_runs:
+            if trial.trial_id not in self._seen:
+                self._seen.add(trial.trial_id)
+                self._guarded(self._backfill, trial, result)
             self._guarded(super().log_trial_result, iteration, trial, result)
+
+    def _backfill(self, trial: Any, result: dict) -> None:
+        """A trial resumed after a killed driver starts past epoch 0. The driver may have died
+        after the trial saved an epoch's checkpoint but before it logged that epoch here; the
+        checkpoint's history has every epoch, so the run gets the ones it lacks."""
+        epoch, run_id = result.get("epoch"), self._trial_runs[trial]
+        if not isinstance(epoch, int) or epoch <= 0:
+            return  # a trial's first epoch: nothing before it
+        logged = {int(m.value) for m in self.mlflow_util._get_client().get_metric_history(run_id, "epoch")}
+        if set(range(epoch)) <= logged:
+            return
+        state = CheckpointFolder(storage.join(self.trials_dir, trial.trial_id)).latest()
+        missing = [m for m in (state.history if state else []) if m.get("epoch") not in logged and m.get("epoch", epoch) < epoch]
+        for metrics in missing:
+            self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=metrics, step=metrics["epoch"] + 1)
+        log.info("tracking.mlflow: trial %s: logged epochs %s from its checkpoint", trial.trial_id, [m["epoch"] for m in missing])
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         if trial in self._trial_runs:
