@@ -116,7 +116,11 @@ def test_two_worker_trials_share_one_ddp_group_and_a_failing_one_fails_alone(ray
     # Three that train and one that diverges (NaN loss), in whatever order Tune runs them.
     lrs = {"choice": [0.01, 0.02, 0.03, 1.0e12]}
     args = _sweep_args(tmp_path, dense_digits, "pool", epochs=2, lr=lrs, methods={"irregular": {"*": 0.5}})
+    before = _live_groups(ray_local)
     assert search.main(args) == 0
+    # The failed trial's slot started a new group as the sweep ended: it ended too, and no
+    # placement group is left holding the CPUs (one was, in CI, and the next sweep hung on it).
+    assert _live_groups(ray_local) <= before
 
     exp = tmp_path / "pool"
     trials = pd.read_csv(exp / "trials.csv").set_index("trial_id")
@@ -137,6 +141,50 @@ def test_two_worker_trials_share_one_ddp_group_and_a_failing_one_fails_alone(ray
         saved = torch.load(trials.loc[t, "checkpoint"], map_location="cpu", weights_only=True)
         assert saved["epoch"] == 1 and saved["metrics"]["sparsity"] == pytest.approx(0.5, abs=1e-3)
         assert trials.loc[t, "sparsity"] == pytest.approx(0.5, abs=1e-3)
+
+
+def _live_groups(ray) -> set[str]:
+    """This job's placement groups that Ray has not removed (after a second for removals in flight)."""
+    job = ray.get_runtime_context().get_job_id()
+
+    def live() -> set[str]:
+        return {g for g, info in ray.util.placement_group_table().items() if g.endswith(job) and info["state"] != "REMOVED"}
+
+    if live():
+        time.sleep(1)
+    return live()
+
+
+@pytest.mark.ray
+def test_the_placement_groups_a_cancelled_group_start_leaves_are_removed(ray_local):
+    """What ``WorkerPool.stop`` does after cancelling a slot: a group of this job made since
+    the pool started and holding nothing goes; one from before, or with an actor in it, stays."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    from raysweep.sweep.pool import remove_orphan_groups
+
+    class Held:  # defined here: pickled by value (the workers cannot import this file)
+        def ping(self) -> int:
+            return 1
+
+    older = placement_group([{"CPU": 0.25}])
+    ray_local.get(older.ready())
+    before = set(ray_local.util.placement_group_table())
+    idle, busy = placement_group([{"CPU": 0.25}, {"CPU": 0.25}]), placement_group([{"CPU": 0.25}])
+    waiting = placement_group([{"CPU": 64}])  # never fits: PENDING
+    ray_local.get([idle.ready(), busy.ready()])
+    actor = ray_local.remote(num_cpus=0.25)(Held).options(scheduling_strategy=PlacementGroupSchedulingStrategy(busy)).remote()
+    assert ray_local.get(actor.ping.remote()) == 1
+    try:
+        assert sorted(remove_orphan_groups(before)) == sorted([idle.id.hex(), waiting.id.hex()])
+        states = {g: info["state"] for g, info in ray_local.util.placement_group_table().items()}
+        assert states[older.id.hex()] == states[busy.id.hex()] == "CREATED"
+        assert states[idle.id.hex()] == states[waiting.id.hex()] == "REMOVED"
+    finally:
+        ray_local.kill(actor)
+        remove_placement_group(busy)
+        remove_placement_group(older)
 
 
 @pytest.mark.ray

@@ -119,6 +119,10 @@ class TrialDispatcher:
         taking one failed on its own (an import, a device), not on a trial."""
         return self.taken[slot]
 
+    async def is_stopping(self) -> bool:
+        """Whether the sweep is over: a slot whose group ended starts no other."""
+        return self.stopping
+
     async def slot_died(self, slot: int, reason: str) -> None:
         self.dead_slots[slot] = reason
         held = self.running.pop(slot, None)

@@ -22,6 +22,7 @@ import contextlib
 import hashlib
 import importlib
 import logging
+import os
 import time
 import traceback
 from pathlib import Path
@@ -47,6 +48,9 @@ log = logging.getLogger("raysweep.pool")
 FAILURES_WITHOUT_A_TRIAL = 2
 # Group restarts a slot may use beyond one per planned trial (each trial's own error costs one).
 SPARE_RESTARTS = MAX_ATTEMPTS
+# How long the pool's stop waits for its slots: a group still starting (its slot restarted it
+# after its last trial failed) ends once started, and Ray Train gives a start this long.
+STOP_WAIT_S = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60)) + 30
 
 
 class TrialFailed(RuntimeError):
@@ -164,6 +168,8 @@ def _run_slot(cfg_dict: dict[str, Any], storage: str, slot: int, dispatcher, bud
             break
         except Exception as exc:  # noqa: BLE001 - whatever it was, its trials must hear of it
             reason = f"{type(exc).__name__}: {_last_line(exc)}"
+        if ray.get(dispatcher.is_stopping.remote()):
+            break  # the sweep is over: no new group
         idle_failures = 0 if ray.get(dispatcher.taken_by.remote(slot)) > taken else idle_failures + 1
         if idle_failures >= FAILURES_WITHOUT_A_TRIAL or restarts >= budget:
             log.error("worker group of slot %d failed: %s", slot, reason)
@@ -192,8 +198,10 @@ class WorkerPool:
         self.storage = storage.join(exp_dir, "pool", time.strftime("%Y%m%d-%H%M%S"))
         self.dispatcher = None
         self.tasks: list = []
+        self.groups_before: set[str] = set()
 
     def start(self) -> None:
+        self.groups_before = set(ray.util.placement_group_table())
         self.dispatcher = Dispatcher.options(name=self.name).remote(self.slots)
         self.tasks = [
             _run_slot.remote(self.base.to_dict(), str(self.storage), slot, self.dispatcher, self.budget, self.preload)
@@ -201,17 +209,47 @@ class WorkerPool:
         ]
         log.info("%d worker group(s) of %d serve the multi-worker trials", self.slots, self.base.workers)
 
-    def stop(self, timeout_s: float = 15.0) -> None:
-        """Idle groups end within a second or two; one still restarting (after its last trial
-        failed) is cancelled, with its Ray Train run, once ``timeout_s`` has passed."""
+    def stop(self, timeout_s: float = STOP_WAIT_S) -> None:
+        """Idle groups end within a second or two, and one still starting once it has started.
+        A slot still running after ``timeout_s`` is cancelled with its Ray Train run, and the
+        placement group of a group start that the cancel cut short is removed."""
         if self.dispatcher is None:
             return
         ray.get(self.dispatcher.stop.remote())
         _, hung = ray.wait(self.tasks, num_returns=len(self.tasks), timeout=timeout_s)
         for task in hung:
             ray.cancel(task, force=True)
+        if hung:
+            log.warning("%d worker group(s) did not end within %.0f s: cancelled", len(hung), timeout_s)
+            ray.wait(hung, num_returns=len(hung), timeout=10)
+            remove_orphan_groups(self.groups_before)
         ray.kill(self.dispatcher)
         self.dispatcher = None
+
+
+def remove_orphan_groups(before: set[str]) -> list[str]:
+    """Remove the placement groups this job made since ``before`` that nothing runs in.
+
+    Ray Train hands a worker group's placement group to its cleaner only once the group has
+    started, so a controller cancelled mid-start leaves one holding its CPUs until the job
+    ends: a notebook's next sweep would wait for them for ever. Called once the sweep's
+    trials and slots are over, when no group of this job should be left."""
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    job = ray.get_runtime_context().get_job_id()
+    total, free = ray.cluster_resources(), ray.available_resources()
+    removed = []
+    for group_id, info in ray.util.placement_group_table().items():
+        if group_id in before or not group_id.endswith(job) or info["state"] not in ("PENDING", "CREATED", "RESCHEDULING"):
+            continue
+        held = {k: v for k, v in total.items() if k.endswith(f"_group_{group_id}") and not k.startswith("bundle_")}
+        if any(free.get(k, 0.0) < v for k, v in held.items()):
+            continue  # something runs in it
+        remove_placement_group(PlacementGroup(ray._raylet.PlacementGroupID.from_hex(group_id)))
+        removed.append(group_id)
+    if removed:
+        log.warning("removed %d placement group(s) left by cancelled worker group(s): %s", len(removed), ", ".join(removed))
+    return removed
 
 
 def run_pool_trial(dispatcher, trial_id: str, cfg: RunConfig, checkpoint_dir: str) -> None:
