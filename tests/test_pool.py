@@ -143,15 +143,15 @@ def test_two_worker_trials_share_one_ddp_group_and_a_failing_one_fails_alone(ray
         assert trials.loc[t, "sparsity"] == pytest.approx(0.5, abs=1e-3)
 
 
-def _live_groups(ray) -> set[str]:
-    """This job's placement groups that Ray has not removed (after a second for removals in flight)."""
+def _live_groups(ray, settle_s: float = 1.0) -> set[str]:
+    """This job's placement groups that Ray has not removed (after ``settle_s`` for removals in flight)."""
     job = ray.get_runtime_context().get_job_id()
 
     def live() -> set[str]:
         return {g for g, info in ray.util.placement_group_table().items() if g.endswith(job) and info["state"] != "REMOVED"}
 
-    if live():
-        time.sleep(1)
+    if live() and settle_s:
+        time.sleep(settle_s)
     return live()
 
 
@@ -177,13 +177,16 @@ def test_the_placement_groups_a_cancelled_group_start_leaves_are_removed(ray_loc
     actor = ray_local.remote(num_cpus=0.25)(Held).options(scheduling_strategy=PlacementGroupSchedulingStrategy(busy)).remote()
     assert ray_local.get(actor.ping.remote()) == 1
     try:
-        assert sorted(remove_orphan_groups(before)) == sorted([idle.id.hex(), waiting.id.hex()])
+        assert sorted(remove_orphan_groups(before, settle_s=0)) == sorted([idle.id.hex(), waiting.id.hex()])
         states = {g: info["state"] for g, info in ray_local.util.placement_group_table().items()}
         assert states[older.id.hex()] == states[busy.id.hex()] == "CREATED"
         assert states[idle.id.hex()] == states[waiting.id.hex()] == "REMOVED"
+        # A cancelled group's workers go a moment after it: the group goes once they have.
+        threading.Timer(1.0, ray_local.kill, [actor]).start()
+        assert remove_orphan_groups(before, settle_s=30) == [busy.id.hex()]
+        assert ray_local.util.placement_group_table()[older.id.hex()]["state"] == "CREATED"
     finally:
         ray_local.kill(actor)
-        remove_placement_group(busy)
         remove_placement_group(older)
 
 
@@ -265,3 +268,29 @@ def test_a_group_that_fails_before_taking_a_trial_fails_the_waiting_trials(ray_l
         assert time.time() - start < 60
     finally:
         pool.stop()
+
+
+@pytest.mark.ray
+def test_a_pool_stopped_while_its_group_starts_leaves_no_placement_group(ray_local, tmp_path):
+    """Stopped before its slot's group has started (a group restarted as the sweep ends, as in
+    CI): the slot is cancelled mid-start and the group's placement group goes with it, so the
+    whole Ray is free for the next sweep."""
+    from ray.util.placement_group import placement_group, remove_placement_group
+
+    from raysweep.config import RunConfig
+    from raysweep.sweep.pool import WorkerPool
+
+    before = _live_groups(ray_local)
+    pool = WorkerPool(RunConfig(workers=2, cpus_per_worker=1.0), slots=1, exp_dir=tmp_path, budget=1, preload=[])
+    pool.start()
+    deadline = time.time() + 60
+    while time.time() < deadline and _live_groups(ray_local, settle_s=0) <= before:  # the group's start is under way
+        time.sleep(0.05)
+    assert _live_groups(ray_local, settle_s=0) - before, "the slot never made its group's placement group"
+    pool.stop(timeout_s=0)
+    assert _live_groups(ray_local) <= before
+    whole = placement_group([{"CPU": 1.0}, {"CPU": 1.0}])  # the test Ray's two CPUs
+    try:
+        ray_local.get(whole.ready(), timeout=30)
+    finally:
+        remove_placement_group(whole)

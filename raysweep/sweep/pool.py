@@ -22,7 +22,6 @@ import contextlib
 import hashlib
 import importlib
 import logging
-import os
 import time
 import traceback
 from pathlib import Path
@@ -48,9 +47,10 @@ log = logging.getLogger("raysweep.pool")
 FAILURES_WITHOUT_A_TRIAL = 2
 # Group restarts a slot may use beyond one per planned trial (each trial's own error costs one).
 SPARE_RESTARTS = MAX_ATTEMPTS
-# How long the pool's stop waits for its slots: a group still starting (its slot restarted it
-# after its last trial failed) ends once started, and Ray Train gives a start this long.
-STOP_WAIT_S = float(os.environ.get("RAY_TRAIN_WORKER_GROUP_START_TIMEOUT_S", 60)) + 30
+# How long the pool's stop waits for its slots before cancelling them: idle groups end in a
+# second or two, a group still starting (restarted after its slot's last trial failed) once
+# started; a trial mid-epoch would keep a Ctrl-C waiting until its epoch ends.
+STOP_WAIT_S = 30.0
 
 
 class TrialFailed(RuntimeError):
@@ -227,28 +227,37 @@ class WorkerPool:
         self.dispatcher = None
 
 
-def remove_orphan_groups(before: set[str]) -> list[str]:
-    """Remove the placement groups this job made since ``before`` that nothing runs in.
+def remove_orphan_groups(before: set[str], settle_s: float = 10.0) -> list[str]:
+    """Remove the placement groups this job made since ``before``, once nothing runs in them.
 
     Ray Train hands a worker group's placement group to its cleaner only once the group has
     started, so a controller cancelled mid-start leaves one holding its CPUs until the job
-    ends: a notebook's next sweep would wait for them for ever. Called once the sweep's
-    trials and slots are over, when no group of this job should be left."""
+    ends: a notebook's next sweep would wait for them for ever. Called once the sweep's trials
+    and slots are over, when no group of this job should be left; the cancelled group's
+    workers may take up to ``settle_s`` to go."""
     from ray.util.placement_group import PlacementGroup, remove_placement_group
 
-    job = ray.get_runtime_context().get_job_id()
-    total, free = ray.cluster_resources(), ray.available_resources()
-    removed = []
-    for group_id, info in ray.util.placement_group_table().items():
-        if group_id in before or not group_id.endswith(job) or info["state"] not in ("PENDING", "CREATED", "RESCHEDULING"):
-            continue
-        held = {k: v for k, v in total.items() if k.endswith(f"_group_{group_id}") and not k.startswith("bundle_")}
-        if any(free.get(k, 0.0) < v for k, v in held.items()):
-            continue  # something runs in it
-        remove_placement_group(PlacementGroup(ray._raylet.PlacementGroupID.from_hex(group_id)))
-        removed.append(group_id)
+    job, deadline = ray.get_runtime_context().get_job_id(), time.monotonic() + settle_s
+    removed: list[str] = []
+    while True:
+        busy = []
+        total, free = ray.cluster_resources(), ray.available_resources()
+        for group_id, info in ray.util.placement_group_table().items():
+            if group_id in before or not group_id.endswith(job) or info["state"] not in ("PENDING", "CREATED", "RESCHEDULING"):
+                continue
+            held = {k: v for k, v in total.items() if k.endswith(f"_group_{group_id}") and not k.startswith("bundle_")}
+            if any(free.get(k, 0.0) < v for k, v in held.items()):
+                busy.append(group_id)  # something still runs in it
+                continue
+            remove_placement_group(PlacementGroup(ray._raylet.PlacementGroupID.from_hex(group_id)))
+            removed.append(group_id)
+        if not busy or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
     if removed:
         log.warning("removed %d placement group(s) left by cancelled worker group(s): %s", len(removed), ", ".join(removed))
+    if busy:
+        log.warning("placement group(s) still in use %.0f s after their worker groups were cancelled: %s", settle_s, ", ".join(busy))
     return removed
 
 
