@@ -242,7 +242,7 @@ def remove_orphan_groups(before: set[str], settle_s: float = 10.0) -> list[str]:
     while True:
         busy = []
         total, free = ray.cluster_resources(), ray.available_resources()
-        for group_id, info in ray.util.placement_group_table().items():
+        for group_id, info in ray.util.placement_group_table().items():  # an id ends with its job's
             if group_id in before or not group_id.endswith(job) or info["state"] not in ("PENDING", "CREATED", "RESCHEDULING"):
                 continue
             held = {k: v for k, v in total.items() if k.endswith(f"_group_{group_id}") and not k.startswith("bundle_")}

@@ -175,16 +175,17 @@ def repair_file_store(experiment_dir: Path, settle_s: float = 1.0) -> list[Path]
     is cut. A run without its meta gets one rebuilt from a whole run's of the experiment (its id,
     name and artifact folder its own, status RUNNING), so a resumed trial finds its run with the
     epochs logged before the kill; with no whole run to go by, it is moved aside to
-    ``<experiment>/.raysweep-unreadable/`` (its trial gets a new run). A cut line is dropped. What looks cut is looked at
-    again ``settle_s`` later and left alone if it changed: another sweep may be writing to the
-    same store, and its writes take far less. Returns what it changed."""
+    ``<experiment>/.raysweep-unreadable/`` (its trial gets a new run). A cut line is dropped.
+    What looks cut is looked at again ``settle_s`` later and left alone if it changed: another
+    sweep may be writing to the same store, and its writes take far less. Returns what it changed."""
     found = _cut_short(experiment_dir)
     if found and settle_s > 0:
         time.sleep(settle_s)
         again = _cut_short(experiment_dir)
         found = {path: state for path, state in found.items() if again.get(path) == state}
     changed: list[Path] = []
-    template = _whole_meta(experiment_dir)
+    # Read only when a meta needs it: a whole store costs no more than the look above.
+    template = _whole_meta(experiment_dir) if any(path.name == "meta.yaml" for path in found) else None
     for path in found:
         if path.name == "meta.yaml" and template is not None:
             path.write_text(_rebuilt_meta(path.parent, template))
@@ -206,12 +207,11 @@ def repair_file_store(experiment_dir: Path, settle_s: float = 1.0) -> list[Path]
 
 
 def _whole_meta(experiment_dir: Path) -> Optional[dict[str, Any]]:
-    import yaml
-
+    """A whole run meta of the experiment, the template of the rebuilt ones."""
     for meta in experiment_dir.glob("*/meta.yaml"):
-        text = meta.read_bytes()
-        if not meta.parent.name.startswith(".") and _readable_meta(text):
-            return yaml.safe_load(text.decode())
+        parsed = None if meta.parent.name.startswith(".") else _parsed_meta(meta.read_bytes())
+        if parsed is not None:
+            return parsed
     return None
 
 
@@ -236,7 +236,7 @@ def _cut_short(experiment_dir: Path) -> dict[Path, tuple[int, int]]:
     for meta in experiment_dir.glob("*/meta.yaml"):
         if meta.parent.name.startswith("."):
             continue  # runs moved aside
-        if not _readable_meta(meta.read_bytes()):
+        if _parsed_meta(meta.read_bytes()) is None:
             found[meta] = _state(meta)
             continue
         for metric in (meta.parent / "metrics").rglob("*"):
@@ -261,16 +261,17 @@ def _state(path: Path) -> tuple[int, int]:
 RUN_META_KEYS = {"run_id", "experiment_id", "user_id", "start_time", "end_time", "lifecycle_stage", "artifact_uri"}
 
 
-def _readable_meta(text: bytes) -> bool:
-    """Whole: ends its last line, and holds the keys MLflow's RunInfo is built from (MLflow
-    writes them in sorted order, so a cut file parses but lacks the last ones)."""
+def _parsed_meta(text: bytes) -> Optional[dict[str, Any]]:
+    """The run meta, or None unless whole: it ends its last line and holds the keys MLflow's
+    RunInfo is built from (MLflow writes them in sorted order, so a cut file parses but lacks
+    the last ones)."""
     import yaml
 
     try:
         meta = yaml.safe_load(text.decode())
     except (yaml.YAMLError, UnicodeDecodeError):
-        return False
-    return text.endswith(b"\n") and isinstance(meta, dict) and RUN_META_KEYS <= meta.keys()
+        return None
+    return meta if text.endswith(b"\n") and isinstance(meta, dict) and RUN_META_KEYS <= meta.keys() else None
 
 
 class _TrialRuns(MLflowLoggerCallback):
@@ -316,10 +317,11 @@ class _TrialRuns(MLflowLoggerCallback):
         if set(range(epoch)) <= logged:
             return
         state = CheckpointFolder(storage.join(self.trials_dir, trial.trial_id)).latest()
-        missing = [m for m in (state.history if state else []) if m.get("epoch") not in logged and m.get("epoch", epoch) < epoch]
+        missing = [m for m in (state.history if state else []) if m["epoch"] < epoch and m["epoch"] not in logged]
         for metrics in missing:
             self.mlflow_util.log_metrics(run_id=run_id, metrics_to_log=metrics, step=metrics["epoch"] + 1)
-        log.info("tracking.mlflow: trial %s: logged epochs %s from its checkpoint", trial.trial_id, [m["epoch"] for m in missing])
+        if missing:
+            log.info("tracking.mlflow: trial %s: logged epochs %s from its checkpoint", trial.trial_id, [m["epoch"] for m in missing])
 
     def log_trial_end(self, trial: Any, failed: bool = False) -> None:
         if trial in self._trial_runs:
